@@ -1,0 +1,1 @@
+"""Plain-Python analysis of exported study tables (filled in by the analysis issue)."""

@@ -1,0 +1,141 @@
+"""The chat socket: authenticate by session, validate frames, call services, relay group frames."""
+
+import json
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from studies import selectors
+from studies.services import activity, generation, turns
+from studies.services.errors import StudyActionError
+from studies.sessions import CHAT_STATUSES, session_participant_id
+
+MAX_FRAME_CHARS_EXTRA = 1000
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    participant_id: int
+
+    async def connect(self) -> None:
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        pid = await database_sync_to_async(session_participant_id)(
+            self.scope["session"], slug, statuses=CHAT_STATUSES
+        )
+        if pid is None:
+            await self.close(code=4403)
+            return
+        self.participant_id = pid
+        self.group = generation.chat_group(pid)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await database_sync_to_async(turns.turn_reap_stale)(
+            participant_id=pid, running=generation.running_ids()
+        )
+        await self.send_json(await self._state())
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        limit = settings.CHAT_MAX_MESSAGE_CHARS * 2 + MAX_FRAME_CHARS_EXTRA
+        if text_data is None or len(text_data) > limit:
+            await self._error("frame_too_large", "That message is too large to send.")
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self._error("malformed", "The page sent something the server could not read.")
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self._error("malformed", "The page sent something the server could not read.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict, **kwargs) -> None:
+        handler = {
+            "send": self._send_turn,
+            "retry": self._retry,
+            "rating": self._rating,
+            "presence": self._presence,
+            "sync": self._sync,
+        }.get(content["type"])
+        if handler is None:
+            await self._error("unknown_type", "The page sent an unknown request.")
+            return
+        try:
+            await handler(content)
+        except StudyActionError as exc:
+            await self._error(exc.code, exc.message, key=content.get("key"))
+
+    async def _send_turn(self, content: dict) -> None:
+        text, key = content.get("text"), _uuid(content.get("key"))
+        if not isinstance(text, str) or key is None:
+            raise StudyActionError("malformed", "The page sent an incomplete message.")
+        started = await database_sync_to_async(turns.turn_start)(
+            participant_id=self.participant_id, text=text, key=key
+        )
+        user = selectors.message_frame(started.user_message)
+        await self.send_json({"type": "ack", "key": str(key), "replayed": started.replayed, "message": user})
+        if started.assistant_message is not None:
+            await self._begin(started.assistant_message, user=user)
+
+    async def _retry(self, content: dict) -> None:
+        if not isinstance(content.get("message_id"), int):
+            raise StudyActionError("malformed", "The page sent an incomplete retry.")
+        reply = await database_sync_to_async(turns.turn_retry)(
+            participant_id=self.participant_id, message_id=content["message_id"]
+        )
+        await self._begin(reply, user=None)
+
+    async def _begin(self, reply, *, user: dict | None) -> None:
+        frame = {"frame": "started", "message": selectors.message_frame(reply), "user": user}
+        await self.channel_layer.group_send(self.group, {"type": "chat.frame", **frame})
+        generation.generation_start(message_id=reply.pk, participant_id=self.participant_id)
+
+    async def _rating(self, content: dict) -> None:
+        after, score = content.get("after_turn"), content.get("score")
+        if not isinstance(after, int) or not isinstance(score, int):
+            raise StudyActionError("malformed", "The page sent an incomplete rating.")
+        await database_sync_to_async(turns.rating_record)(
+            participant_id=self.participant_id, after_turn=after, score=score
+        )
+        await self.channel_layer.group_send(self.group, {"type": "chat.frame", "frame": "rated"})
+        await self.send_json(await self._state())
+
+    async def _presence(self, content: dict) -> None:
+        signal = content.get("signal")
+        if signal not in activity.SIGNALS:
+            raise StudyActionError("malformed", "Unknown presence signal.")
+        await database_sync_to_async(activity.activity_record)(
+            participant_id=self.participant_id, signal=signal
+        )
+
+    async def _sync(self, content: dict) -> None:
+        await self.send_json(await self._state())
+
+    async def _state(self) -> dict:
+        state = await database_sync_to_async(selectors.chat_state)(participant_id=self.participant_id)
+        for message in state["messages"]:
+            live = generation.running_reply(message["id"])
+            if live is not None and message["status"] == "streaming":
+                message["text"] = live.text
+        return state
+
+    async def chat_frame(self, event: dict) -> None:
+        frame = {k: v for k, v in event.items() if k not in ("type", "frame")}
+        await self.send_json({"type": event["frame"], **frame})
+
+    async def _error(self, code: str, message: str, key: object = None) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message, "key": key})
+
+
+def _uuid(value: object) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

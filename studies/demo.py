@@ -1,0 +1,123 @@
+"""The demo study: the paper's three arms, three document types, about five topics each."""
+
+from django.conf import settings
+from django.db import transaction
+
+from studies.models import Condition, ModelEndpoint, Study, Task
+
+CONSENT = """This is a research study about how people write with AI assistants.
+
+You will chat with an AI assistant to write a short document, rate the conversation from time to
+time, and submit the final document with a short survey. It takes about 30 minutes.
+
+We record what you write, the assistant's replies, your ratings and timings. Your recruiting id is
+stored only to pay you and is replaced by a pseudonym in exported data. You may stop at any time.
+"""
+
+INSTRUCTIONS = """Work with the assistant as you would with a helpful colleague: tell it what you
+want, react to its suggestions, and ask for changes until you are happy with the document."""
+
+QUESTIONS = {
+    Task.DocumentType.BLOG_POST: [
+        "Who do you want to read this post?",
+        "What is the one thing a reader should take away?",
+        "What tone do you want (for example casual, expert, funny)?",
+    ],
+    Task.DocumentType.CREATIVE_WRITING: [
+        "What form should it take (short story, poem, scene...)?",
+        "What mood or feeling are you aiming for?",
+    ],
+    Task.DocumentType.PERSONAL_STATEMENT: [
+        "What is the statement for (a programme, a job, a scholarship)?",
+        "Which experience of yours should it centre on?",
+        "What should the reader remember about you?",
+    ],
+}
+
+TOPICS = {
+    Task.DocumentType.BLOG_POST: [
+        "Starting a habit of reading every day",
+        "What a first marathon taught me",
+        "Cooking on a small budget",
+        "Working from home without burning out",
+        "Why local libraries still matter",
+    ],
+    Task.DocumentType.CREATIVE_WRITING: [
+        "A lighthouse keeper's last night",
+        "Two strangers stuck in a lift",
+        "A city where it never stops raining",
+        "A letter to your future self",
+        "The day the robots went on strike",
+    ],
+    Task.DocumentType.PERSONAL_STATEMENT: [
+        "Applying for a master's programme in computer science",
+        "Applying for a nursing position",
+        "Applying for a community leadership scholarship",
+        "Changing careers into teaching",
+        "Applying for a summer research internship",
+    ],
+}
+
+ARMS = [
+    # key, internal label, system prompt
+    ("base", "Base (no system prompt)", "none"),
+    ("proactive", "Proactive Base (proactive prompt)", "proactive"),
+    ("collabllm", "CollabLLM (collaborative prompt; adapter on GPU)", "collabllm"),
+]
+GENERATION_PARAMS = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
+
+
+def _endpoints() -> tuple[ModelEndpoint, ModelEndpoint]:
+    base, _ = ModelEndpoint.objects.update_or_create(
+        name="default",
+        defaults={"base_url": settings.MODEL_BASE_URL, "served_model": settings.MODEL_NAME},
+    )
+    if not settings.COLLABLLM_MODEL_BASE_URL:
+        return base, base
+    collab, _ = ModelEndpoint.objects.update_or_create(
+        name="collabllm",
+        defaults={
+            "base_url": settings.COLLABLLM_MODEL_BASE_URL,
+            "served_model": settings.COLLABLLM_MODEL_NAME,
+        },
+    )
+    return base, collab
+
+
+@transaction.atomic
+def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) -> Study:
+    """Create or update the demo study; safe to run any number of times."""
+    study, _ = Study.objects.update_or_create(
+        slug=slug,
+        defaults={
+            "title": "Writing with an AI assistant",
+            "status": Study.Status.LIVE,
+            "consent_text": CONSENT,
+            "instructions": INSTRUCTIONS,
+            "min_turns": min_turns,
+            "rating_every": rating_every,
+            "block_size": 6,
+            "seed": 20250711,
+        },
+    )
+    base, collab = _endpoints()
+    for key, label, prompt in ARMS:
+        Condition.objects.update_or_create(
+            study=study,
+            key=key,
+            defaults={
+                "label": label,
+                "endpoint": collab if key == "collabllm" else base,
+                "system_prompt": prompt,
+                "generation_params": GENERATION_PARAMS,
+            },
+        )
+    for doc_type, topics in TOPICS.items():
+        for topic in topics:
+            Task.objects.update_or_create(
+                study=study,
+                document_type=doc_type,
+                topic=topic,
+                defaults={"intent_questions": QUESTIONS[doc_type]},
+            )
+    return study

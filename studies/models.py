@@ -1,0 +1,358 @@
+"""The study record: everything a participant did, with constraints that forbid impossible states."""
+
+import secrets
+import uuid
+
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+def _completion_code() -> str:
+    return secrets.token_hex(4).upper()
+
+
+class Study(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        LIVE = "live"
+        PAUSED = "paused"
+        CLOSED = "closed"
+
+    class Design(models.TextChoices):
+        PERMUTED_BLOCKS = "permuted_blocks", "Permuted blocks"
+
+    class Source(models.TextChoices):
+        LINK = "link", "Plain link"
+        PROLIFIC = "prolific", "Prolific"
+        MTURK = "mturk", "Amazon Mechanical Turk"
+
+    slug = models.SlugField(unique=True)
+    title = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    consent_text = models.TextField()
+    instructions = models.TextField(blank=True)
+    min_turns = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)])
+    max_turns = models.PositiveSmallIntegerField(null=True, blank=True)
+    rating_every = models.PositiveSmallIntegerField(
+        default=3, help_text="A blocking 1-10 rating after every k completed turns (0 = never)."
+    )
+    time_limit_minutes = models.PositiveSmallIntegerField(null=True, blank=True)
+    target_per_arm = models.PositiveIntegerField(null=True, blank=True)
+    design = models.CharField(max_length=30, choices=Design.choices, default=Design.PERMUTED_BLOCKS)
+    block_size = models.PositiveSmallIntegerField(
+        default=6, help_text="Assignments per block; a multiple of the summed arm weights."
+    )
+    seed = models.BigIntegerField(default=0)
+    recruiting_source = models.CharField(max_length=10, choices=Source.choices, default=Source.LINK)
+    completion_code = models.CharField(max_length=40, default=_completion_code)
+    completion_redirect_url = models.URLField(
+        blank=True,
+        help_text="Where to send finished participants; {code} is replaced by the completion code.",
+    )
+    config_version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_turns__isnull=True) | Q(max_turns__gte=models.F("min_turns")),
+                name="study_max_turns_gte_min",
+            ),
+            models.CheckConstraint(condition=Q(block_size__gte=1), name="study_block_size_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ModelEndpoint(models.Model):
+    class Health(models.TextChoices):
+        UNKNOWN = "unknown"
+        UP = "up"
+        DOWN = "down"
+
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(help_text="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    served_model = models.CharField(max_length=200)
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="Name of the environment variable holding the key."
+    )
+    connect_timeout = models.FloatField(default=5.0)
+    read_timeout = models.FloatField(default=60.0)
+    max_concurrent_streams = models.PositiveIntegerField(default=64)
+    health = models.CharField(max_length=10, choices=Health.choices, default=Health.UNKNOWN)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Condition(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="conditions")
+    key = models.SlugField(max_length=40)
+    label = models.CharField(max_length=100, help_text="Internal; never shown to participants.")
+    endpoint = models.ForeignKey(ModelEndpoint, on_delete=models.PROTECT)
+    model_name = models.CharField(
+        max_length=200, blank=True, help_text="Model or adapter name; blank = endpoint's model."
+    )
+    system_prompt = models.CharField(
+        max_length=100, default="none", help_text="Prompt under models_serving/prompts/."
+    )
+    prompt_version = models.CharField(max_length=20, blank=True, help_text="Blank = latest.")
+    generation_params = models.JSONField(default=dict, blank=True)
+    weight = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    cap = models.PositiveIntegerField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["study", "key"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "key"], name="condition_key_unique_per_study"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study.slug}:{self.key}"
+
+
+class Task(models.Model):
+    class DocumentType(models.TextChoices):
+        BLOG_POST = "blog_post", "Blog post"
+        CREATIVE_WRITING = "creative_writing", "Creative writing"
+        PERSONAL_STATEMENT = "personal_statement", "Personal statement"
+        OTHER = "other", "Other"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="tasks")
+    document_type = models.CharField(max_length=30, choices=DocumentType.choices)
+    topic = models.CharField(max_length=200)
+    brief = models.TextField(blank=True)
+    intent_questions = models.JSONField(default=list, help_text="A list of question strings.")
+
+    class Meta:
+        ordering = ["study", "document_type", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "document_type", "topic"], name="task_topic_unique_per_type"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_document_type_display()}: {self.topic}"
+
+
+class AssignmentCounter(models.Model):
+    """One row per (study, stratum): locked FOR UPDATE to hand out allocation positions."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="counters")
+    stratum = models.CharField(max_length=60)
+    next_position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "stratum"], name="counter_unique_stratum"),
+        ]
+
+
+class Participant(models.Model):
+    class Status(models.TextChoices):
+        ENTERED = "entered"
+        CONSENTED = "consented"
+        BRIEFED = "briefed"
+        CHATTING = "chatting"
+        RATING_DUE = "rating_due"
+        FINAL = "final"
+        COMPLETED = "completed"
+        ABANDONED = "abandoned"
+        EXCLUDED = "excluded"
+        RETURNED = "returned"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
+    external_id = models.CharField(max_length=200)
+    recruiting_source = models.CharField(max_length=10, default="link")
+    recruiting_params = models.JSONField(default=dict, blank=True)
+    config_version = models.PositiveIntegerField()
+    condition = models.ForeignKey(Condition, null=True, blank=True, on_delete=models.PROTECT)
+    document_type = models.CharField(max_length=30, blank=True)
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
+    allocation = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.ENTERED)
+    is_pilot = models.BooleanField(default=False)
+    entered_at = models.DateTimeField(auto_now_add=True)
+    consented_at = models.DateTimeField(null=True, blank=True)
+    briefed_at = models.DateTimeField(null=True, blank=True)
+    chat_started_at = models.DateTimeField(null=True, blank=True)
+    chat_finished_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    is_visible = models.BooleanField(default=True)
+    active_seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "external_id"], name="participant_external_id_unique_per_study"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["entered", "abandoned", "excluded", "returned"])
+                | Q(condition__isnull=False),
+                name="participant_past_consent_has_condition",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["entered", "consented", "abandoned", "excluded", "returned"])
+                | Q(task__isnull=False),
+                name="participant_past_brief_has_task",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study.slug}/{self.external_id}"
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """Seconds from consent to completion (or to now while unfinished is not reported)."""
+        if self.consented_at and self.completed_at:
+            return (self.completed_at - self.consented_at).total_seconds()
+        return None
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        COMPLETE = "complete"
+        INTERRUPTED = "interrupted"
+        FAILED = "failed"
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="messages")
+    turn_index = models.PositiveSmallIntegerField(help_text="1-based turn this message belongs to.")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices)
+    error_kind = models.CharField(max_length=30, blank=True)
+    error_detail = models.TextField(blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    endpoint_url = models.CharField(max_length=300, blank=True)
+    prompt_ref = models.CharField(max_length=120, blank=True)
+    generation_params = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    time_to_first_token = models.FloatField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=30, blank=True)
+    idempotency_key = models.UUIDField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["participant", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["participant", "idempotency_key"], name="message_idempotency_key_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["participant", "turn_index", "role", "attempt"],
+                name="message_turn_role_attempt_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["participant"],
+                condition=Q(status="streaming"),
+                name="message_one_stream_per_participant",
+            ),
+            models.UniqueConstraint(
+                fields=["participant", "turn_index", "role"],
+                condition=Q(status="complete"),
+                name="message_one_complete_per_turn_role",
+            ),
+            models.CheckConstraint(
+                condition=Q(role="assistant") | Q(idempotency_key__isnull=False),
+                name="message_user_has_idempotency_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["participant", "created_at"])]
+
+
+class TurnRating(models.Model):
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="ratings")
+    after_turn = models.PositiveSmallIntegerField()
+    score = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(10)]
+    )
+    question_version = models.CharField(max_length=20, default="v1")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["participant", "after_turn"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["participant", "after_turn"], name="rating_one_per_checkpoint"
+            ),
+            models.CheckConstraint(
+                condition=Q(score__gte=1, score__lte=10), name="rating_score_1_10"
+            ),
+        ]
+
+
+class FinalSurvey(models.Model):
+    participant = models.OneToOneField(
+        Participant, on_delete=models.CASCADE, related_name="final_survey"
+    )
+    document_text = models.TextField()
+    document_quality = models.PositiveSmallIntegerField()
+    overall_interaction = models.PositiveSmallIntegerField()
+    strengths = models.TextField()
+    weaknesses = models.TextField()
+    extra_answers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(document_quality__gte=1, document_quality__lte=10),
+                name="final_document_quality_1_10",
+            ),
+            models.CheckConstraint(
+                condition=Q(overall_interaction__gte=1, overall_interaction__lte=10),
+                name="final_overall_interaction_1_10",
+            ),
+        ]
+
+
+class IntentAnswer(models.Model):
+    participant = models.ForeignKey(
+        Participant, on_delete=models.CASCADE, related_name="intent_answers"
+    )
+    question_index = models.PositiveSmallIntegerField()
+    question = models.TextField()
+    answer = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["participant", "question_index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["participant", "question_index"], name="intent_answer_one_per_question"
+            ),
+        ]
+
+
+class Event(models.Model):
+    """Append-only audit log; `kind` is dotted (`study.turn.completed`)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="events")
+    participant = models.ForeignKey(
+        Participant, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    kind = models.CharField(max_length=60)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["participant", "kind"])]

@@ -1,0 +1,99 @@
+"""Reads for pages, the chat socket and the generator; no writes."""
+
+import os
+from dataclasses import dataclass
+
+from models_serving.client import EndpointSpec
+from models_serving.prompts import load_prompt
+from studies.models import Message, Participant, Study, Task
+from studies.services.participants import completed_turns
+from studies.services.rendering import render_markdown
+
+M = Message.Status
+
+
+def study_by_slug(slug: str) -> Study | None:
+    """The study with this slug, or None."""
+    return Study.objects.filter(slug=slug).first()
+
+
+def participant_for_page(participant_id: int) -> Participant:
+    """A participant with what every step page shows."""
+    return Participant.objects.select_related("study", "task", "condition").get(pk=participant_id)
+
+
+def topics_for(participant: Participant) -> list[Task]:
+    """The topics a participant may choose from (their assigned document type)."""
+    return list(
+        Task.objects.filter(study_id=participant.study_id, document_type=participant.document_type)
+    )
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    message_id: int
+    participant_id: int
+    spec: EndpointSpec
+    messages: list[dict[str, str]]
+    params: dict
+
+
+def generation_plan(*, message_id: int) -> GenerationPlan:
+    """Everything the generator needs for one reply: endpoint, pinned prompt, history, params."""
+    reply = Message.objects.select_related("participant__condition__endpoint").get(pk=message_id)
+    condition = reply.participant.condition
+    assert condition is not None
+    endpoint = condition.endpoint
+    prompt_name, _, rest = reply.prompt_ref.partition("@")
+    prompt = load_prompt(prompt_name, rest.partition("#")[0] or None)
+    history: list[dict[str, str]] = []
+    if prompt.text:
+        history.append({"role": "system", "content": prompt.text})
+    earlier = Message.objects.filter(
+        participant_id=reply.participant_id, turn_index__lte=reply.turn_index
+    ).order_by("id")
+    for m in earlier:
+        if m.role == Message.Role.USER or (m.status == M.COMPLETE and m.turn_index < reply.turn_index):
+            history.append({"role": m.role, "content": m.content})
+    spec = EndpointSpec(
+        base_url=reply.endpoint_url or endpoint.base_url,
+        model=reply.model,
+        api_key=os.environ.get(endpoint.api_key_env, "none") if endpoint.api_key_env else "none",
+        connect_timeout=endpoint.connect_timeout,
+        read_timeout=endpoint.read_timeout,
+    )
+    return GenerationPlan(message_id, reply.participant_id, spec, history, reply.generation_params)
+
+
+def message_frame(message: Message) -> dict:
+    """A message as the chat page receives it."""
+    frame = {
+        "id": message.pk,
+        "turn": message.turn_index,
+        "role": message.role,
+        "status": message.status,
+        "text": message.content,
+    }
+    if message.role == Message.Role.ASSISTANT and message.status == M.COMPLETE:
+        frame["html"] = render_markdown(message.content)
+    if message.status in (M.FAILED, M.INTERRUPTED):
+        frame["error"] = message.error_kind
+    return frame
+
+
+def chat_state(*, participant_id: int) -> dict:
+    """The whole chat as the page needs it after (re)connecting."""
+    participant = Participant.objects.select_related("study").get(pk=participant_id)
+    study = participant.study
+    messages = list(participant.messages.order_by("id"))
+    done = completed_turns(participant_id)
+    return {
+        "type": "state",
+        "status": participant.status,
+        "messages": [message_frame(m) for m in messages],
+        "completed_turns": done,
+        "min_turns": study.min_turns,
+        "max_turns": study.max_turns,
+        "rating_due": done if participant.status == Participant.Status.RATING_DUE else None,
+        "can_finish": participant.status == Participant.Status.CHATTING and done >= study.min_turns,
+    }

@@ -1,0 +1,1 @@
+"""Services own the study logic: keyword-only `<entity>_<action>` functions, one Event per change."""

@@ -1,0 +1,48 @@
+"""Server-side wall and active time.
+
+Active time adds the gap between two consecutive signals only when the participant was active at the
+first one (page visible and interacting, or reading a streamed reply) and the gap is at most
+IDLE_THRESHOLD_SECONDS; longer gaps count as idle and are dropped.
+"""
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from studies.models import Participant
+from studies.services.events import event_record
+
+ACTIVE_SIGNALS = {"active", "visible", "page", "message"}
+INACTIVE_SIGNALS = {"idle", "hidden"}
+SIGNALS = ACTIVE_SIGNALS | INACTIVE_SIGNALS
+
+
+def activity_apply(participant: Participant, *, signal: str, now: datetime) -> list[str]:
+    """Fold one signal into the participant's active time; return the changed field names."""
+    if participant.last_active_at is not None and participant.is_visible:
+        gap = (now - participant.last_active_at).total_seconds()
+        if 0 < gap <= settings.IDLE_THRESHOLD_SECONDS:
+            participant.active_seconds += gap
+    participant.last_active_at = now
+    participant.is_visible = signal in ACTIVE_SIGNALS
+    return ["active_seconds", "last_active_at", "is_visible"]
+
+
+def activity_record(*, participant_id: int, signal: str, payload: dict | None = None) -> Participant:
+    """Record a client presence signal (heartbeat, visibility) as an event and in active time."""
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown activity signal {signal!r}")
+    now = timezone.now()
+    with transaction.atomic():
+        participant = Participant.objects.select_for_update(of=("self",)).get(pk=participant_id)
+        fields = activity_apply(participant, signal=signal, now=now)
+        participant.save(update_fields=fields)
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind=f"study.presence.{signal}",
+            payload=payload or {},
+        )
+    return participant

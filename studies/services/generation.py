@@ -1,0 +1,149 @@
+"""Generating a reply: owned by the turn, not by the socket that asked for it.
+
+`generation_start` runs the reply as a task of the web process. Deltas are coalesced into frames
+(at most one per CHAT_FRAME_INTERVAL) and published to the participant's channel-layer group, so a
+socket on any web process can follow. The partial text is checkpointed every
+CHAT_CHECKPOINT_INTERVAL; those frames also carry the whole text so a socket that joined late heals
+any gap. The finished reply is written once.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from models_serving.client import GenerationResult, ModelCallError, stream_chat
+from studies.selectors import generation_plan, message_frame
+from studies.services import turns
+
+log = logging.getLogger(__name__)
+
+
+def chat_group(participant_id: int) -> str:
+    """The channel-layer group every socket of one participant joins."""
+    return f"chat.{participant_id}"
+
+
+@dataclass
+class RunningReply:
+    message_id: int
+    participant_id: int
+    text: str = ""
+    task: asyncio.Task | None = field(default=None, repr=False)
+
+
+_running: dict[int, RunningReply] = {}
+
+
+def running_reply(message_id: int) -> RunningReply | None:
+    """The reply being generated in this process, if any."""
+    return _running.get(message_id)
+
+
+def running_ids() -> set[int]:
+    """Ids of replies this process is generating."""
+    return set(_running)
+
+
+def generation_start(*, message_id: int, participant_id: int) -> RunningReply:
+    """Start generating a reply in the background of this process (idempotent per message)."""
+    if message_id in _running:
+        return _running[message_id]
+    reply = RunningReply(message_id, participant_id)
+    _running[message_id] = reply
+    reply.task = asyncio.get_running_loop().create_task(_generate(reply))
+    reply.task.add_done_callback(lambda _: _running.pop(message_id, None))
+    return reply
+
+
+async def _publish(participant_id: int, frame: dict) -> None:
+    await get_channel_layer().group_send(chat_group(participant_id), {"type": "chat.frame", **frame})
+
+
+async def _generate(reply: RunningReply) -> None:
+    plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
+    pid, mid = reply.participant_id, reply.message_id
+    last_frame, last_checkpoint = 0.0, time.monotonic()
+    sent = 0
+    result: GenerationResult | None = None
+    try:
+        async for item in stream_chat(plan.spec, plan.messages, plan.params):
+            if isinstance(item, GenerationResult):
+                result = item
+                continue
+            reply.text += item
+            now = time.monotonic()
+            if now - last_frame < settings.CHAT_FRAME_INTERVAL:
+                continue
+            frame = {"frame": "delta", "id": mid, "start": sent, "delta": reply.text[sent:]}
+            checkpoint = now - last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL
+            if checkpoint:
+                frame["full"] = reply.text
+                last_checkpoint = now
+            sent, last_frame = len(reply.text), now
+            await _publish(pid, frame)
+            if checkpoint:
+                await database_sync_to_async(turns.turn_checkpoint)(message_id=mid, text=reply.text)
+        if result is None:
+            raise ModelCallError("malformed_stream", "the stream ended without a result")
+        await _finish(reply, result)
+    except ModelCallError as exc:
+        await _fail(reply, exc.kind, exc.detail, exc.user_message())
+    except asyncio.CancelledError:
+        await asyncio.shield(_interrupted(reply))
+        raise
+    except Exception as exc:  # a bug must still end the turn visibly, never leave it streaming
+        log.exception("reply %s failed", mid)
+        await _fail(reply, "internal", repr(exc), "Something went wrong on our side.")
+
+
+async def _finish(reply: RunningReply, result: GenerationResult) -> None:
+    outcome = await database_sync_to_async(turns.turn_complete)(
+        message_id=reply.message_id,
+        text=result.text,
+        model=result.model,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        time_to_first_token=result.time_to_first_token,
+        duration=result.duration,
+    )
+    await _publish(
+        reply.participant_id,
+        {
+            "frame": "complete",
+            "message": message_frame(outcome.message),
+            "completed_turns": outcome.completed_turns,
+            "rating_due": outcome.rating_due_after,
+        },
+    )
+
+
+async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) -> None:
+    await database_sync_to_async(turns.turn_fail)(
+        message_id=reply.message_id, text=reply.text, kind=kind, detail=detail
+    )
+    await _publish(
+        reply.participant_id,
+        {"frame": "failed", "id": reply.message_id, "error": kind, "text": reply.text,
+         "message": user_message},
+    )
+
+
+async def _interrupted(reply: RunningReply) -> None:
+    await database_sync_to_async(turns.turn_fail)(
+        message_id=reply.message_id,
+        text=reply.text,
+        kind="interrupted",
+        detail="generation was cancelled",
+        interrupted=True,
+    )
+    await _publish(
+        reply.participant_id,
+        {"frame": "failed", "id": reply.message_id, "error": "interrupted", "text": reply.text,
+         "message": "The reply was interrupted. You can retry it."},
+    )

@@ -1,0 +1,250 @@
+"""The participant lifecycle: enter, consent (with assignment), brief, finish chat, final survey.
+
+Every function locks the participant row, checks the step it belongs to, changes it and writes an
+Event in one transaction. A replayed or out-of-order request raises StudyActionError and changes
+nothing.
+"""
+
+import uuid
+from dataclasses import asdict, dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from studies.models import FinalSurvey, Message, Participant, Study, Task
+from studies.services import assignment
+from studies.services.activity import activity_apply
+from studies.services.errors import StudyActionError
+from studies.services.events import event_record
+
+P = Participant.Status
+STEP_BY_STATUS = {
+    P.ENTERED: "consent",
+    P.CONSENTED: "brief",
+    P.BRIEFED: "chat",
+    P.CHATTING: "chat",
+    P.RATING_DUE: "chat",
+    P.FINAL: "final",
+    P.COMPLETED: "done",
+}
+MAX_ANSWER_CHARS = 2000
+MAX_DOCUMENT_CHARS = 50_000
+
+
+def participant_step(participant: Participant) -> str:
+    """The one page this participant may be on now ('closed' when they may not continue)."""
+    return STEP_BY_STATUS.get(participant.status, "closed")
+
+
+@dataclass(frozen=True)
+class Entry:
+    participant: Participant
+    created: bool
+
+
+def participant_enter(
+    *, study: Study, external_id: str | None, source: str, params: dict[str, str]
+) -> Entry:
+    """Return the participant for this external id, creating them on first entry."""
+    if external_id:
+        existing = Participant.objects.filter(study=study, external_id=external_id).first()
+        if existing is not None:
+            return Entry(existing, created=False)
+    if study.status != Study.Status.LIVE:
+        raise StudyActionError("not_live", "This study is not accepting participants right now.")
+    ext = external_id or f"anon-{uuid.uuid4().hex}"
+    try:
+        with transaction.atomic():
+            participant = Participant.objects.create(
+                study=study,
+                external_id=ext,
+                recruiting_source=source,
+                recruiting_params=params,
+                config_version=study.config_version,
+                last_active_at=timezone.now(),
+            )
+            event_record(
+                study_id=study.pk,
+                participant_id=participant.pk,
+                kind="study.participant.entered",
+                payload={"source": source},
+            )
+    except IntegrityError:
+        # Two tabs arrived with the same id at once: the other request created the row.
+        return Entry(Participant.objects.get(study=study, external_id=ext), created=False)
+    return Entry(participant, created=True)
+
+
+def _locked(participant_id: int, *, expected: set[str]) -> Participant:
+    participant = (
+        Participant.objects.select_for_update(of=("self",))
+        .select_related("study", "task")
+        .get(pk=participant_id)
+    )
+    if participant.status not in expected:
+        raise StudyActionError(
+            "wrong_step", "That step is not available now; you have been taken to your current step."
+        )
+    return participant
+
+
+def participant_consent(*, participant_id: int) -> Participant:
+    """Record consent and assign the arm and the document type (permuted blocks, locked)."""
+    now = timezone.now()
+    with transaction.atomic():
+        participant = _locked(participant_id, expected={P.ENTERED})
+        study = participant.study
+        arms = [(c.key, c.weight) for c in study.conditions.filter(is_active=True)]
+        if not arms:
+            raise StudyActionError("no_arms", "This study has no active arms; please come back later.")
+        doc_types = sorted(set(study.tasks.values_list("document_type", flat=True)))
+        if not doc_types:
+            raise StudyActionError("no_tasks", "This study has no tasks yet; please come back later.")
+        arm = assignment.allocation_next(
+            study_id=study.pk, stratum="all", arms=arms, block_size=study.block_size, seed=study.seed
+        )
+        doc = assignment.allocation_next(
+            study_id=study.pk,
+            stratum="document_type",
+            arms=[(d, 1) for d in doc_types],
+            block_size=len(doc_types),
+            seed=study.seed,
+        )
+        participant.condition = study.conditions.get(key=arm.choice)
+        participant.document_type = doc.choice
+        participant.allocation = {
+            "arm": arm.as_record(),
+            "document_type": doc.as_record(),
+            "arms": [list(a) for a in arms],
+        }
+        participant.status = P.CONSENTED
+        participant.consented_at = now
+        fields = activity_apply(participant, signal="page", now=now)
+        participant.save(
+            update_fields=["condition", "document_type", "allocation", "status", "consented_at"]
+            + fields
+        )
+        event_record(
+            study_id=study.pk,
+            participant_id=participant.pk,
+            kind="study.participant.consented",
+            payload={"allocation": participant.allocation},
+        )
+    return participant
+
+
+def participant_choose_topic(*, participant_id: int, task_id: int) -> Participant:
+    """Set the topic (a Task of the participant's assigned document type)."""
+    with transaction.atomic():
+        participant = _locked(participant_id, expected={P.CONSENTED})
+        if participant.task_id is not None:
+            raise StudyActionError("topic_chosen", "You have already chosen a topic.")
+        task = Task.objects.filter(
+            pk=task_id, study_id=participant.study_id, document_type=participant.document_type
+        ).first()
+        if task is None:
+            raise StudyActionError("bad_topic", "Please choose one of the listed topics.")
+        participant.task = task
+        fields = activity_apply(participant, signal="page", now=timezone.now())
+        participant.save(update_fields=["task", *fields])
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.participant.topic_chosen",
+            payload={"task_id": task.pk},
+        )
+    return participant
+
+
+def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Participant:
+    """Store the answers to the task's intent questions and open the chat."""
+    now = timezone.now()
+    with transaction.atomic():
+        participant = _locked(participant_id, expected={P.CONSENTED})
+        if participant.task is None:
+            raise StudyActionError("no_topic", "Please choose a topic first.")
+        questions = participant.task.intent_questions
+        cleaned = [a.strip() for a in answers]
+        if len(cleaned) != len(questions) or not all(cleaned):
+            raise StudyActionError("incomplete", "Please answer every question.")
+        if any(len(a) > MAX_ANSWER_CHARS for a in cleaned):
+            raise StudyActionError("too_long", f"Answers are limited to {MAX_ANSWER_CHARS} characters.")
+        participant.intent_answers.bulk_create(
+            participant.intent_answers.model(
+                participant=participant, question_index=i, question=q, answer=a
+            )
+            for i, (q, a) in enumerate(zip(questions, cleaned, strict=True))
+        )
+        participant.status = P.CHATTING
+        participant.briefed_at = participant.chat_started_at = now
+        fields = activity_apply(participant, signal="page", now=now)
+        participant.save(update_fields=["status", "briefed_at", "chat_started_at", *fields])
+        event_record(
+            study_id=participant.study_id, participant_id=participant.pk, kind="study.participant.briefed"
+        )
+    return participant
+
+
+def completed_turns(participant_id: int) -> int:
+    """Turns whose assistant reply completed."""
+    return Message.objects.filter(
+        participant_id=participant_id, role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE
+    ).count()
+
+
+def participant_finish_chat(*, participant_id: int) -> Participant:
+    """Leave the chat for the final survey; only after the minimum number of turns."""
+    with transaction.atomic():
+        participant = _locked(participant_id, expected={P.CHATTING})
+        done = completed_turns(participant.pk)
+        if done < participant.study.min_turns:
+            raise StudyActionError(
+                "too_few_turns",
+                f"Please complete at least {participant.study.min_turns} turns (you have {done}).",
+            )
+        if participant.messages.filter(status=Message.Status.STREAMING).exists():
+            raise StudyActionError("busy", "Please wait for the assistant's reply to finish.")
+        participant.status = P.FINAL
+        participant.chat_finished_at = timezone.now()
+        fields = activity_apply(participant, signal="page", now=participant.chat_finished_at)
+        participant.save(update_fields=["status", "chat_finished_at", *fields])
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.chat.finished",
+            payload={"turns": done},
+        )
+    return participant
+
+
+@dataclass(frozen=True)
+class FinalAnswers:
+    document_text: str
+    document_quality: int
+    overall_interaction: int
+    strengths: str
+    weaknesses: str
+
+
+def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> Participant:
+    """Store the final document and survey and complete the participant."""
+    if len(answers.document_text) > MAX_DOCUMENT_CHARS:
+        raise StudyActionError("too_long", f"The document is limited to {MAX_DOCUMENT_CHARS} characters.")
+    now = timezone.now()
+    with transaction.atomic():
+        participant = _locked(participant_id, expected={P.FINAL})
+        FinalSurvey.objects.create(participant=participant, **asdict(answers))
+        participant.status = P.COMPLETED
+        participant.completed_at = now
+        fields = activity_apply(participant, signal="page", now=now)
+        participant.save(update_fields=["status", "completed_at", *fields])
+        event_record(
+            study_id=participant.study_id, participant_id=participant.pk, kind="study.participant.completed"
+        )
+    return participant
+
+
+def completion_redirect(participant: Participant) -> str | None:
+    """The recruiting platform's completion URL for this participant, if the study has one."""
+    url = participant.study.completion_redirect_url
+    return url.replace("{code}", participant.study.completion_code) if url else None

@@ -1,0 +1,255 @@
+"""Chat turns: start, retry, checkpoint, complete, fail, and the blocking ratings between them.
+
+A turn is one user message and its assistant reply. `turn_start` writes both rows (the reply as a
+`streaming` placeholder carrying the pinned model, prompt and parameters) in one commit; the reply's
+text is then checkpointed every ~1-2 s and written once more on completion. No write per token.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from models_serving.prompts import load_prompt
+from studies.models import Message, Participant, TurnRating
+from studies.services.activity import activity_apply
+from studies.services.errors import StudyActionError
+from studies.services.events import event_record
+
+P = Participant.Status
+M = Message.Status
+RETRYABLE = {M.FAILED, M.INTERRUPTED}
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    user_message: Message
+    assistant_message: Message | None
+    replayed: bool = False
+
+
+def _lock(participant_id: int) -> Participant:
+    return (
+        Participant.objects.select_for_update(of=("self",))
+        .select_related("study", "condition__endpoint")
+        .get(pk=participant_id)
+    )
+
+
+def _require_chatting(participant: Participant) -> None:
+    if participant.status == P.RATING_DUE:
+        raise StudyActionError("rating_due", "Please rate the conversation so far to continue.")
+    if participant.status != P.CHATTING:
+        raise StudyActionError("wrong_step", "The chat is closed for you.")
+    if participant.messages.filter(status=M.STREAMING).exists():
+        raise StudyActionError("busy", "Please wait until the assistant's reply has finished.")
+
+
+def _assistant_placeholder(participant: Participant, *, turn_index: int, attempt: int) -> Message:
+    condition = participant.condition
+    assert condition is not None
+    prompt = load_prompt(condition.system_prompt, condition.prompt_version or None)
+    return Message.objects.create(
+        participant=participant,
+        turn_index=turn_index,
+        role=Message.Role.ASSISTANT,
+        attempt=attempt,
+        status=M.STREAMING,
+        model=condition.model_name or condition.endpoint.served_model,
+        endpoint_url=condition.endpoint.base_url,
+        prompt_ref=prompt.ref,
+        generation_params=condition.generation_params,
+    )
+
+
+def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted:
+    """Persist a user message and a streaming reply placeholder, or refuse with a clear reason."""
+    text = text.strip()
+    if not text:
+        raise StudyActionError("empty", "Please write a message first.")
+    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise StudyActionError(
+            "too_long", f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        replay = participant.messages.filter(idempotency_key=key).first()
+        if replay is not None:
+            return TurnStarted(replay, None, replayed=True)
+        _require_chatting(participant)
+        last = participant.messages.filter(role=Message.Role.ASSISTANT).order_by("-id").first()
+        if last is not None and last.status in RETRYABLE:
+            raise StudyActionError("retry_needed", "The last reply did not finish; retry it first.")
+        done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+        max_turns = participant.study.max_turns
+        if max_turns is not None and done >= max_turns:
+            raise StudyActionError("max_turns", "You have reached the last turn of this chat.")
+        recent = participant.messages.filter(
+            role=Message.Role.USER, created_at__gte=now - timedelta(minutes=1)
+        ).count()
+        if recent >= settings.CHAT_TURNS_PER_MINUTE:
+            raise StudyActionError("rate_limited", "You are sending messages too quickly.")
+        turn_index = (participant.messages.aggregate(m=Max("turn_index"))["m"] or 0) + 1
+        user = Message.objects.create(
+            participant=participant,
+            turn_index=turn_index,
+            role=Message.Role.USER,
+            content=text,
+            status=M.COMPLETE,
+            idempotency_key=key,
+            completed_at=now,
+        )
+        reply = _assistant_placeholder(participant, turn_index=turn_index, attempt=1)
+        participant.save(update_fields=activity_apply(participant, signal="message", now=now))
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.turn.started",
+            payload={"turn": turn_index, "user_message": user.pk, "reply": reply.pk},
+        )
+    return TurnStarted(user, reply)
+
+
+def turn_retry(*, participant_id: int, message_id: int) -> Message:
+    """Start a new attempt for the participant's last reply when it failed or was interrupted."""
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        _require_chatting(participant)
+        last = participant.messages.filter(role=Message.Role.ASSISTANT).order_by("-id").first()
+        if last is None or last.pk != message_id or last.status not in RETRYABLE:
+            raise StudyActionError("not_retryable", "Only the last failed reply can be retried.")
+        reply = _assistant_placeholder(
+            participant, turn_index=last.turn_index, attempt=last.attempt + 1
+        )
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.turn.retried",
+            payload={"turn": last.turn_index, "failed": last.pk, "reply": reply.pk},
+        )
+    return reply
+
+
+def turn_checkpoint(*, message_id: int, text: str) -> None:
+    """Save the partial reply so far (one UPDATE, no event)."""
+    Message.objects.filter(pk=message_id, status=M.STREAMING).update(
+        content=text, updated_at=timezone.now()
+    )
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    message: Message
+    rating_due_after: int | None
+    completed_turns: int
+
+
+def turn_complete(
+    *,
+    message_id: int,
+    text: str,
+    model: str,
+    finish_reason: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    time_to_first_token: float | None,
+    duration: float,
+) -> TurnOutcome:
+    """Store the finished reply once and open the rating checkpoint when the schedule says so."""
+    now = timezone.now()
+    with transaction.atomic():
+        # Lock order everywhere: participant, then message.
+        participant = _lock(Message.objects.values_list("participant_id", flat=True).get(pk=message_id))
+        message = Message.objects.select_for_update().get(pk=message_id)
+        if message.status != M.STREAMING:
+            raise StudyActionError("not_streaming", "This reply is no longer in progress.")
+        message.content = text
+        message.status = M.COMPLETE
+        message.model = model or message.model
+        message.finish_reason = finish_reason or ""
+        message.prompt_tokens = prompt_tokens
+        message.completion_tokens = completion_tokens
+        message.time_to_first_token = time_to_first_token
+        message.duration = duration
+        message.completed_at = now
+        message.save()
+        done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+        every = participant.study.rating_every
+        rating_due = done if every and done % every == 0 and participant.status == P.CHATTING else None
+        if rating_due is not None:
+            participant.status = P.RATING_DUE
+            participant.save(update_fields=["status"])
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.turn.completed",
+            payload={"turn": message.turn_index, "reply": message.pk, "rating_due": rating_due},
+        )
+    return TurnOutcome(message, rating_due, done)
+
+
+def turn_fail(*, message_id: int, text: str, kind: str, detail: str, interrupted: bool = False) -> None:
+    """End a reply as failed (model error) or interrupted (process stopped); keep its partial text."""
+    status = M.INTERRUPTED if interrupted else M.FAILED
+    with transaction.atomic():
+        message = Message.objects.select_for_update(of=("self",)).select_related("participant").get(pk=message_id)
+        if message.status != M.STREAMING:
+            return
+        message.content = text
+        message.status = status
+        message.error_kind = kind
+        message.error_detail = detail[:2000]
+        message.save(update_fields=["content", "status", "error_kind", "error_detail", "updated_at"])
+        event_record(
+            study_id=message.participant.study_id,
+            participant_id=message.participant_id,
+            kind=f"study.turn.{status}",
+            payload={"turn": message.turn_index, "reply": message.pk, "error": kind},
+        )
+
+
+def turn_reap_stale(*, participant_id: int, running: set[int]) -> list[int]:
+    """Mark streaming replies interrupted when no live process has touched them recently."""
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
+    stale = Message.objects.filter(
+        participant_id=participant_id, status=M.STREAMING, updated_at__lt=cutoff
+    ).exclude(pk__in=running)
+    ids = list(stale.values_list("pk", flat=True))
+    for pk in ids:
+        turn_fail(
+            message_id=pk,
+            text=Message.objects.get(pk=pk).content,
+            kind="interrupted",
+            detail="The server handling this reply stopped before it finished.",
+            interrupted=True,
+        )
+    return ids
+
+
+def rating_record(*, participant_id: int, after_turn: int, score: int) -> TurnRating:
+    """Record the blocking rating that is due and reopen the composer."""
+    if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 10:
+        raise StudyActionError("bad_score", "Please choose a rating from 1 to 10.")
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        if participant.status != P.RATING_DUE:
+            raise StudyActionError("no_rating_due", "No rating is due right now.")
+        done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+        if after_turn != done:
+            raise StudyActionError("wrong_checkpoint", "That rating is not the one due now.")
+        rating = TurnRating.objects.create(participant=participant, after_turn=done, score=score)
+        participant.status = P.CHATTING
+        fields = activity_apply(participant, signal="active", now=timezone.now())
+        participant.save(update_fields=["status", *fields])
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.rating.recorded",
+            payload={"after_turn": done, "score": score},
+        )
+    return rating

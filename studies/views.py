@@ -1,0 +1,227 @@
+"""Participant pages: one function view per action; each parses, calls one service, renders."""
+
+from django import forms
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from studies import selectors
+from studies.models import Participant, Study
+from studies.services import participants as svc
+from studies.services.errors import StudyActionError
+from studies.sessions import session_bind, session_participant_id
+
+RECRUITING_KEYS = {
+    "prolific": ("PROLIFIC_PID", ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")),
+    "mturk": ("workerId", ("workerId", "assignmentId", "hitId")),
+    "link": ("pid", ("pid",)),
+}
+MTURK_PREVIEW = "ASSIGNMENT_NOT_AVAILABLE"
+
+
+def _study(slug: str) -> Study:
+    study = selectors.study_by_slug(slug)
+    if study is None:
+        raise Http404("No such study.")
+    return study
+
+
+def _recruiting(request: HttpRequest) -> tuple[str, str | None, dict[str, str]]:
+    for source, (id_key, keys) in RECRUITING_KEYS.items():
+        external_id = request.GET.get(id_key, "").strip()[:200]
+        if external_id:
+            params = {k: request.GET.get(k, "")[:200] for k in keys}
+            return source, f"{source}:{external_id}", params
+    return "link", None, {}
+
+
+def _step_url(participant: Participant) -> str:
+    return reverse(f"studies:{svc.participant_step(participant)}", args=[participant.study.slug])
+
+
+def _at_step(request: HttpRequest, slug: str, step: str) -> Participant | HttpResponse:
+    """The session's participant if this is their current step, else a redirect to where they are."""
+    pid = session_participant_id(request.session, slug)
+    if pid is None:
+        return redirect("studies:entry", slug)
+    participant = selectors.participant_for_page(pid)
+    if svc.participant_step(participant) != step:
+        return redirect(_step_url(participant))
+    return participant
+
+
+def _closed(request: HttpRequest, study: Study, message: str, status: int = 200) -> HttpResponse:
+    return render(request, "studies/closed.html", {"study": study, "message": message}, status=status)
+
+
+@require_GET
+def entry(request: HttpRequest, slug: str) -> HttpResponse:
+    study = _study(slug)
+    source, external_id, params = _recruiting(request)
+    if request.GET.get("assignmentId") == MTURK_PREVIEW:
+        return render(request, "studies/preview.html", {"study": study})
+    if external_id is None:
+        pid = session_participant_id(request.session, slug)
+        if pid is not None:
+            return redirect(_step_url(selectors.participant_for_page(pid)))
+        if study.recruiting_source != Study.Source.LINK:
+            return _closed(request, study, "Please open this study from your recruiting platform's link.")
+    try:
+        entered = svc.participant_enter(
+            study=study, external_id=external_id, source=source, params=params
+        )
+    except StudyActionError as exc:
+        return _closed(request, study, exc.message)
+    session_bind(request, slug, entered.participant.pk)
+    return redirect(_step_url(entered.participant))
+
+
+@require_http_methods(["GET", "POST"])
+def consent(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "consent")
+    if isinstance(participant, HttpResponse):
+        return participant
+    if request.method == "POST":
+        if request.POST.get("choice") != "agree":
+            return _closed(request, participant.study, "You did not consent; you may close this page.")
+        try:
+            svc.participant_consent(participant_id=participant.pk)
+        except StudyActionError as exc:
+            return _closed(request, participant.study, exc.message)
+        return redirect("studies:brief", slug)
+    return render(request, "studies/consent.html", {"participant": participant, "study": participant.study})
+
+
+class IntentForm(forms.Form):
+    def __init__(self, questions: list[str], *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for i, question in enumerate(questions):
+            self.fields[f"q{i}"] = forms.CharField(
+                label=question, max_length=svc.MAX_ANSWER_CHARS, widget=forms.Textarea(attrs={"rows": 2})
+            )
+
+
+@require_http_methods(["GET", "POST"])
+def brief(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "brief")
+    if isinstance(participant, HttpResponse):
+        return participant
+    error = None
+    form = IntentForm(participant.task.intent_questions) if participant.task else None
+    if request.method == "POST":
+        try:
+            if participant.task is None:
+                participant = svc.participant_choose_topic(
+                    participant_id=participant.pk, task_id=int(request.POST.get("task", "0") or 0)
+                )
+                form = IntentForm(participant.task.intent_questions)
+            else:
+                form = IntentForm(participant.task.intent_questions, request.POST)
+                if form.is_valid():
+                    answers = [form.cleaned_data[f"q{i}"] for i in range(len(form.fields))]
+                    svc.participant_submit_intent(participant_id=participant.pk, answers=answers)
+                    return redirect("studies:chat", slug)
+        except (StudyActionError, ValueError) as exc:
+            error = getattr(exc, "message", "Please choose one of the listed topics.")
+    context = {
+        "participant": participant,
+        "study": participant.study,
+        "topics": selectors.topics_for(participant),
+        "form": form,
+        "error": error,
+    }
+    template = "studies/brief.html#brief-step" if request.htmx else "studies/brief.html"
+    return render(request, template, context, status=400 if error else 200)
+
+
+def _chat_context(participant: Participant) -> dict:
+    return {
+        "participant": participant,
+        "study": participant.study,
+        "scale": range(1, 11),
+        "heartbeat_seconds": settings.HEARTBEAT_SECONDS,
+        "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+    }
+
+
+@require_GET
+def chat(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "chat")
+    if isinstance(participant, HttpResponse):
+        return participant
+    return render(request, "studies/chat.html", _chat_context(participant))
+
+
+@require_POST
+def finish(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "chat")
+    if isinstance(participant, HttpResponse):
+        return participant
+    try:
+        svc.participant_finish_chat(participant_id=participant.pk)
+    except StudyActionError as exc:
+        context = _chat_context(participant) | {"error": exc.message}
+        return render(request, "studies/chat.html", context, status=400)
+    return redirect("studies:final", slug)
+
+
+class FinalForm(forms.Form):
+    document_text = forms.CharField(
+        label="Your final document", max_length=svc.MAX_DOCUMENT_CHARS, widget=forms.Textarea
+    )
+    document_quality = forms.TypedChoiceField(
+        label="How good is the final document? (1 = very poor, 10 = excellent)",
+        choices=[(i, i) for i in range(1, 11)], coerce=int, widget=forms.RadioSelect,
+    )
+    overall_interaction = forms.TypedChoiceField(
+        label="How was the interaction with the assistant overall? (1-10)",
+        choices=[(i, i) for i in range(1, 11)], coerce=int, widget=forms.RadioSelect,
+    )
+    strengths = forms.CharField(
+        label="What did the assistant do well?", max_length=svc.MAX_ANSWER_CHARS, widget=forms.Textarea
+    )
+    weaknesses = forms.CharField(
+        label="What could the assistant do better?", max_length=svc.MAX_ANSWER_CHARS,
+        widget=forms.Textarea,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def final(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "final")
+    if isinstance(participant, HttpResponse):
+        return participant
+    form = FinalForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            svc.participant_submit_final(
+                participant_id=participant.pk, answers=svc.FinalAnswers(**form.cleaned_data)
+            )
+        except StudyActionError as exc:
+            form.add_error(None, exc.message)
+        else:
+            return redirect("studies:done", slug)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "studies/final.html", {"participant": participant, "study": participant.study,
+                                                  "form": form}, status=status)
+
+
+@require_GET
+def done(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "done")
+    if isinstance(participant, HttpResponse):
+        return participant
+    context = {
+        "participant": participant,
+        "study": participant.study,
+        "redirect_url": svc.completion_redirect(participant),
+    }
+    return render(request, "studies/done.html", context)
+
+
+@require_GET
+def closed(request: HttpRequest, slug: str) -> HttpResponse:
+    study = _study(slug)
+    return _closed(request, study, "Your participation in this study has ended. Thank you.")

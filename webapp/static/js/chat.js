@@ -1,0 +1,177 @@
+// The chat page: one websocket, frames in JSON. The server owns every rule (turn limits, ratings,
+// finishing); this script only renders what the server says and never loses a draft.
+(function () {
+  "use strict";
+  const root = document.getElementById("chat");
+  if (!root) return;
+  const $ = (id) => document.getElementById(id);
+  const list = $("messages"), composer = $("composer"), textarea = $("composer-text");
+  const rating = $("rating"), finish = $("finish"), alerts = $("alerts");
+  const connection = $("connection"), progress = $("progress"), announcer = $("announcer");
+  const draftKey = "draft:" + root.dataset.slug;
+  const heartbeatMs = 1000 * Number(root.dataset.heartbeat || 15);
+  const bubbles = new Map(); // message id -> {el, text, status}
+  let socket = null, retryDelay = 500, pending = null, ratingDue = null, streaming = false;
+  let lastInput = Date.now(), announced = new Map();
+
+  textarea.value = localStorage.getItem(draftKey) || "";
+  textarea.addEventListener("input", () => localStorage.setItem(draftKey, textarea.value));
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
+    socket.onopen = () => {
+      retryDelay = 500;
+      connection.textContent = "Connected.";
+      root.dataset.connected = "true";
+      if (pending) send(pending); // same idempotency key: the server will not store it twice
+      presence(document.hidden ? "hidden" : "visible");
+    };
+    socket.onmessage = (event) => handle(JSON.parse(event.data));
+    socket.onclose = (event) => {
+      root.dataset.connected = "false";
+      if (event.code === 4403) { location.reload(); return; }
+      connection.textContent = "Reconnecting… your messages are safe.";
+      setTimeout(connect, retryDelay);
+      retryDelay = Math.min(retryDelay * 2, 8000);
+    };
+  }
+
+  function send(frame) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
+  function presence(signal) { send({ type: "presence", signal: signal }); }
+
+  function bubble(m) {
+    let b = bubbles.get(m.id);
+    if (!b) {
+      const li = document.createElement("li");
+      li.className = "message " + m.role;
+      li.dataset.id = m.id;
+      const who = document.createElement("span");
+      who.className = "who";
+      who.textContent = m.role === "user" ? "You" : "Assistant";
+      const body = document.createElement("div");
+      body.className = "body";
+      li.append(who, body);
+      list.append(li);
+      b = { el: li, body: body, text: "", status: m.status };
+      bubbles.set(m.id, b);
+    }
+    return b;
+  }
+
+  function render(m) {
+    const b = bubble(m);
+    b.status = m.status;
+    b.text = m.text || "";
+    b.el.dataset.status = m.status;
+    if (m.html !== undefined) b.body.innerHTML = m.html; // sanitised server-side (markdown-it + nh3)
+    else b.body.textContent = b.text;
+    b.el.querySelectorAll(".failure").forEach((n) => n.remove());
+    if (m.status === "failed" || m.status === "interrupted") showFailure(b, m);
+    return b;
+  }
+
+  function showFailure(b, m) {
+    const box = document.createElement("div");
+    box.className = "failure";
+    const p = document.createElement("p");
+    p.textContent = m.message || "The assistant's reply did not finish.";
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.textContent = "Retry this reply";
+    retry.className = "retry";
+    retry.onclick = () => { retry.disabled = true; send({ type: "retry", message_id: m.id }); };
+    box.append(p, retry);
+    b.el.append(box);
+  }
+
+  function announce(id, text, done) {
+    // Read finished sentences aloud as they arrive, not every token.
+    const said = announced.get(id) || 0;
+    const cut = done ? text.length : Math.max(text.lastIndexOf(". "), text.lastIndexOf("\n")) + 1;
+    if (cut > said) {
+      const p = document.createElement("p");
+      p.textContent = text.slice(said, cut);
+      announcer.append(p);
+      announced.set(id, cut);
+    }
+  }
+
+  function setControls(state) {
+    ratingDue = state.rating_due;
+    streaming = [...bubbles.values()].some((b) => b.status === "streaming");
+    rating.hidden = ratingDue === null || ratingDue === undefined;
+    composer.hidden = !rating.hidden || state.status !== "chatting";
+    textarea.disabled = $("send").disabled = streaming;
+    finish.hidden = !state.can_finish || streaming;
+    progress.textContent = "Turns completed: " + state.completed_turns + " of at least " + state.min_turns + ".";
+    if (!rating.hidden) rating.querySelector("button").focus();
+  }
+
+  let last = {};
+  function handle(f) {
+    if (f.type === "state") {
+      list.replaceChildren(); bubbles.clear();
+      f.messages.forEach(render);
+      last = f;
+      setControls(f);
+    } else if (f.type === "ack") {
+      if (pending && pending.key === f.key) { pending = null; textarea.value = ""; localStorage.removeItem(draftKey); }
+      render(f.message);
+    } else if (f.type === "started") {
+      if (f.user) render(f.user);
+      render(f.message);
+      alerts.textContent = "";
+      setControls(last);
+    } else if (f.type === "delta") {
+      const b = bubble({ id: f.id, role: "assistant", status: "streaming" });
+      if (f.full !== undefined) b.text = f.full;
+      else if (f.start <= b.text.length) b.text = b.text.slice(0, f.start) + f.delta;
+      else return; // a gap: the next checkpoint frame carries the whole text
+      b.body.textContent = b.text;
+      announce(f.id, b.text, false);
+    } else if (f.type === "complete") {
+      render(f.message);
+      announce(f.message.id, f.message.text, true);
+      send({ type: "sync" });
+    } else if (f.type === "failed") {
+      render({ id: f.id, role: "assistant", status: "failed", text: f.text, message: f.message });
+      alerts.textContent = f.message;
+      send({ type: "sync" });
+    } else if (f.type === "rated") {
+      send({ type: "sync" });
+    } else if (f.type === "error") {
+      alerts.textContent = f.message;
+      if (pending && f.key === pending.key) pending = null; // refused: the draft stays in the box
+    }
+  }
+
+  composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = textarea.value.trim();
+    if (!text || pending) return;
+    pending = { type: "send", text: text, key: crypto.randomUUID() };
+    send(pending);
+  });
+  textarea.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); composer.requestSubmit(); }
+  });
+  rating.addEventListener("click", (event) => {
+    const score = event.target.dataset && event.target.dataset.score;
+    if (score && ratingDue !== null) send({ type: "rating", after_turn: ratingDue, score: Number(score) });
+  });
+
+  ["keydown", "mousemove", "scroll", "touchstart"].forEach((e) =>
+    document.addEventListener(e, () => { lastInput = Date.now(); }, { passive: true }));
+  document.addEventListener("visibilitychange", () => presence(document.hidden ? "hidden" : "visible"));
+  setInterval(() => {
+    if (document.hidden) return;
+    const busy = streaming || Date.now() - lastInput < heartbeatMs;
+    presence(busy ? "active" : "idle");
+  }, heartbeatMs);
+
+  connect();
+})();
