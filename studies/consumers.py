@@ -60,7 +60,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "retry": self._retry,
             "rating": self._rating,
             "presence": self._presence,
-            "sync": self._sync,
+            "sync": self._resync,
         }.get(content["type"])
         if handler is None:
             await self._error("unknown_type", "The page sent an unknown request.")
@@ -113,7 +113,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             participant_id=self.participant_id, signal=signal
         )
 
-    async def _sync(self, content: dict) -> None:
+    async def _resync(self, content: dict) -> None:
         await self.send_json(await self._state())
 
     async def _state(self) -> dict:

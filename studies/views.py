@@ -18,7 +18,7 @@ RECRUITING_KEYS = {
     "mturk": ("workerId", ("workerId", "assignmentId", "hitId")),
     "link": ("pid", ("pid",)),
 }
-MTURK_PREVIEW = "ASSIGNMENT_NOT_AVAILABLE"
+MTURK_PREVIEW = "ASSIGNMENT_ID_NOT_AVAILABLE"
 
 
 def _study(slug: str) -> Study:

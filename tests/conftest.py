@@ -1,0 +1,60 @@
+"""Fixtures shared across the suite: fake and real model servers."""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from models_serving.client import EndpointSpec, close_clients
+from models_serving.launch import EMBEDDED_ALIAS, start_llama_server, stop_server, wait_until_ready
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.ports import free_port
+
+
+@dataclass
+class FakeModel:
+    base_url: str
+    tokens: int
+    server: FakeOpenAIServer
+
+
+async def _fake(tokens: int, token_delay: float) -> AsyncIterator[FakeModel]:
+    server = FakeOpenAIServer(tokens=tokens, token_delay=token_delay, first_token_delay=0.2)
+    base_url = await server.start()
+    yield FakeModel(base_url, tokens, server)
+    await close_clients()
+    await server.stop()
+
+
+@pytest.fixture
+async def fake_model() -> AsyncIterator[FakeModel]:
+    """A fast fault-injecting model server on this test's loop (the model name picks faults)."""
+    async for model in _fake(tokens=24, token_delay=0.01):
+        yield model
+
+
+@pytest.fixture
+async def slow_fake_model() -> AsyncIterator[FakeModel]:
+    """A model that takes a few seconds per reply, for mid-stream reconnects."""
+    async for model in _fake(tokens=40, token_delay=0.08):
+        yield model
+
+
+@pytest.fixture(scope="session")
+def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EndpointSpec]:
+    """The real embedded llama.cpp server on SmolLM2 (or TEST_MODEL_BASE_URL), ready to answer."""
+    base_url = os.environ.get("TEST_MODEL_BASE_URL")
+    if base_url:
+        model = os.environ.get("TEST_MODEL_NAME", EMBEDDED_ALIAS)
+        yield EndpointSpec(base_url=base_url, model=model, read_timeout=120)
+        return
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    proc = start_llama_server(port, log_path=log_path, n_ctx=2048)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_until_ready(base_url, timeout=120, proc=proc)
+        yield EndpointSpec(base_url=base_url, model=EMBEDDED_ALIAS, read_timeout=120)
+    finally:
+        stop_server(proc, timeout=20)
