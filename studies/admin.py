@@ -10,8 +10,18 @@ from studies.models import Condition, Event, ModelEndpoint, Participant, Study, 
 class ConditionInline(admin.TabularInline):
     model = Condition
     extra = 0
-    fields = ["key", "label", "endpoint", "model_name", "system_prompt", "prompt_version",
-              "generation_params", "weight", "cap", "is_active"]
+    fields = [
+        "key",
+        "label",
+        "endpoint",
+        "model_name",
+        "system_prompt",
+        "prompt_version",
+        "generation_params",
+        "weight",
+        "cap",
+        "is_active",
+    ]
 
 
 class TaskInline(admin.TabularInline):
@@ -22,16 +32,27 @@ class TaskInline(admin.TabularInline):
 
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
-    list_display = ["slug", "title", "status", "min_turns", "rating_every", "n_participants",
-                    "n_completed"]
+    list_display = [
+        "slug",
+        "title",
+        "status",
+        "min_turns",
+        "rating_every",
+        "n_participants",
+        "n_completed",
+    ]
     list_filter = ["status"]
     prepopulated_fields = {"slug": ["title"]}
     inlines = [ConditionInline, TaskInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            _n=Count("participants"),
-            _done=Count("participants", filter=Q(participants__status="completed")),
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _n=Count("participants"),
+                _done=Count("participants", filter=Q(participants__status="completed")),
+            )
         )
 
     @admin.display(description="participants", ordering="_n")
@@ -61,17 +82,44 @@ class EventInline(admin.TabularInline):
 
 @admin.register(Participant)
 class ParticipantAdmin(admin.ModelAdmin):
-    list_display = ["external_id", "study", "condition", "status", "document_type", "entered_at",
-                    "active_seconds", "is_pilot"]
+    list_display = [
+        "external_id",
+        "study",
+        "condition",
+        "status",
+        "document_type",
+        "entered_at",
+        "active_seconds",
+        "is_pilot",
+    ]
     list_filter = ["study", "status", "condition__key", "is_pilot"]
     search_fields = ["external_id", "public_id"]
     list_select_related = ["study", "condition"]
-    readonly_fields = ["public_id", "study", "external_id", "recruiting_source", "recruiting_params",
-                       "config_version", "condition", "document_type", "task", "allocation",
-                       "entered_at", "consented_at", "briefed_at", "chat_started_at",
-                       "chat_finished_at", "completed_at", "last_active_at", "active_seconds",
-                       "wall_time", "intent", "transcript", "final"]
-    fields = readonly_fields[:20] + ["status", "is_pilot"] + readonly_fields[20:]
+    readonly_fields = [
+        "public_id",
+        "study",
+        "external_id",
+        "recruiting_source",
+        "recruiting_params",
+        "config_version",
+        "condition",
+        "document_type",
+        "task",
+        "allocation",
+        "entered_at",
+        "consented_at",
+        "briefed_at",
+        "chat_started_at",
+        "chat_finished_at",
+        "completed_at",
+        "last_active_at",
+        "active_seconds",
+        "wall_time",
+        "intent",
+        "transcript",
+        "final",
+    ]
+    fields = [*readonly_fields[:20], "status", "is_pilot", *readonly_fields[20:]]
     inlines = [EventInline]
 
     def get_queryset(self, request):
@@ -84,7 +132,9 @@ class ParticipantAdmin(admin.ModelAdmin):
     @admin.display(description="intent answers")
     def intent(self, obj: Participant) -> str:
         rows = obj.intent_answers.all()
-        return format_html_join("", "<p><b>{}</b><br>{}</p>", ((a.question, a.answer) for a in rows))
+        return format_html_join(
+            "", "<p><b>{}</b><br>{}</p>", ((a.question, a.answer) for a in rows)
+        )
 
     @admin.display(description="transcript (ratings inline)")
     def transcript(self, obj: Participant) -> str:
@@ -93,17 +143,33 @@ class ParticipantAdmin(admin.ModelAdmin):
         for m in obj.messages.order_by("id"):
             timing = ""
             if m.role == "assistant":
-                timing = (f"{m.status}; {m.model}; {m.prompt_ref}; ttft {m.time_to_first_token or 0:.2f}s;"
-                          f" {m.duration or 0:.1f}s; tokens {m.prompt_tokens}/{m.completion_tokens}")
-            parts.append(format_html(
-                '<div style="margin:.4em 0"><b>#{} {}</b> <small>{} {}</small>'
-                '<pre style="white-space:pre-wrap">{}</pre></div>',
-                m.turn_index, m.role, m.created_at.strftime("%H:%M:%S"), timing, m.content,
-            ))
-            rating = ratings.get(m.turn_index) if m.role == "assistant" and m.status == "complete" else None
+                timing = (
+                    f"{m.status}; {m.model}; {m.prompt_ref};"
+                    f" ttft {m.time_to_first_token or 0:.2f}s;"
+                    f" {m.duration or 0:.1f}s; tokens {m.prompt_tokens}/{m.completion_tokens}"
+                )
+            parts.append(
+                format_html(
+                    '<div style="margin:.4em 0"><b>#{} {}</b> <small>{} {}</small>'
+                    '<pre style="white-space:pre-wrap">{}</pre></div>',
+                    m.turn_index,
+                    m.role,
+                    m.created_at.strftime("%H:%M:%S"),
+                    timing,
+                    m.content,
+                )
+            )
+            rating = (
+                ratings.get(m.turn_index)
+                if m.role == "assistant" and m.status == "complete"
+                else None
+            )
             if rating:
-                parts.append(format_html("<p><i>Rating after turn {}: {}/10</i></p>",
-                                         rating.after_turn, rating.score))
+                parts.append(
+                    format_html(
+                        "<p><i>Rating after turn {}: {}/10</i></p>", rating.after_turn, rating.score
+                    )
+                )
         return format_html_join("", "{}", ((p,) for p in parts))
 
     @admin.display(description="final survey")
@@ -114,6 +180,9 @@ class ParticipantAdmin(admin.ModelAdmin):
         return format_html(
             "<p>Document quality {}/10, overall {}/10</p><pre style='white-space:pre-wrap'>{}</pre>"
             "<p><b>Strengths</b> {}</p><p><b>Weaknesses</b> {}</p>",
-            survey.document_quality, survey.overall_interaction, survey.document_text,
-            survey.strengths, survey.weaknesses,
+            survey.document_quality,
+            survey.overall_interaction,
+            survey.document_text,
+            survey.strengths,
+            survey.weaknesses,
         )

@@ -78,7 +78,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             participant_id=self.participant_id, text=text, key=key
         )
         user = selectors.message_frame(started.user_message)
-        await self.send_json({"type": "ack", "key": str(key), "replayed": started.replayed, "message": user})
+        await self.send_json(
+            {"type": "ack", "key": str(key), "replayed": started.replayed, "message": user}
+        )
         if started.assistant_message is not None:
             await self._begin(started.assistant_message, user=user)
 
@@ -117,7 +119,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(await self._state())
 
     async def _state(self) -> dict:
-        state = await database_sync_to_async(selectors.chat_state)(participant_id=self.participant_id)
+        state = await database_sync_to_async(selectors.chat_state)(
+            participant_id=self.participant_id
+        )
         for message in state["messages"]:
             live = generation.running_reply(message["id"])
             if live is not None and message["status"] == "streaming":

@@ -1,4 +1,4 @@
-"""The study record: everything a participant did, with constraints that forbid impossible states."""
+"""The study record: everything a participant did; constraints forbid impossible states."""
 
 import secrets
 import uuid
@@ -60,7 +60,9 @@ class Study(models.Model):
                 condition=Q(max_turns__isnull=True) | Q(max_turns__gte=models.F("min_turns")),
                 name="study_max_turns_gte_min",
             ),
-            models.CheckConstraint(condition=Q(block_size__gte=1), name="study_block_size_positive"),
+            models.CheckConstraint(
+                condition=Q(block_size__gte=1), name="study_block_size_positive"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -153,6 +155,9 @@ class AssignmentCounter(models.Model):
             models.UniqueConstraint(fields=["study", "stratum"], name="counter_unique_stratum"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.study_id}:{self.stratum} next={self.next_position}"
+
 
 class Participant(models.Model):
     class Status(models.TextChoices):
@@ -200,7 +205,9 @@ class Participant(models.Model):
                 name="participant_past_consent_has_condition",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["entered", "consented", "abandoned", "excluded", "returned"])
+                condition=Q(
+                    status__in=["entered", "consented", "abandoned", "excluded", "returned"]
+                )
                 | Q(task__isnull=False),
                 name="participant_past_brief_has_task",
             ),
@@ -242,6 +249,9 @@ class Message(models.Model):
     generation_params = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    usage_source = models.CharField(
+        max_length=10, blank=True, help_text="stream = server usage; tokenize = server tokenizer."
+    )
     time_to_first_token = models.FloatField(null=True, blank=True)
     duration = models.FloatField(null=True, blank=True)
     finish_reason = models.CharField(max_length=30, blank=True)
@@ -277,6 +287,9 @@ class Message(models.Model):
         ]
         indexes = [models.Index(fields=["participant", "created_at"])]
 
+    def __str__(self) -> str:
+        return f"{self.participant_id}#{self.turn_index} {self.role} ({self.status})"
+
 
 class TurnRating(models.Model):
     participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="ratings")
@@ -297,6 +310,9 @@ class TurnRating(models.Model):
                 condition=Q(score__gte=1, score__lte=10), name="rating_score_1_10"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.participant_id} after turn {self.after_turn}: {self.score}"
 
 
 class FinalSurvey(models.Model):
@@ -323,6 +339,9 @@ class FinalSurvey(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"final survey of {self.participant_id}"
+
 
 class IntentAnswer(models.Model):
     participant = models.ForeignKey(
@@ -341,6 +360,9 @@ class IntentAnswer(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.participant_id} q{self.question_index}"
+
 
 class Event(models.Model):
     """Append-only audit log; `kind` is dotted (`study.turn.completed`)."""
@@ -356,3 +378,6 @@ class Event(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["participant", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.participant_id})"

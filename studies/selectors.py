@@ -53,7 +53,9 @@ def generation_plan(*, message_id: int) -> GenerationPlan:
         participant_id=reply.participant_id, turn_index__lte=reply.turn_index
     ).order_by("id")
     for m in earlier:
-        if m.role == Message.Role.USER or (m.status == M.COMPLETE and m.turn_index < reply.turn_index):
+        if m.role == Message.Role.USER or (
+            m.status == M.COMPLETE and m.turn_index < reply.turn_index
+        ):
             history.append({"role": m.role, "content": m.content})
     spec = EndpointSpec(
         base_url=reply.endpoint_url or endpoint.base_url,

@@ -42,7 +42,7 @@ def _step_url(participant: Participant) -> str:
 
 
 def _at_step(request: HttpRequest, slug: str, step: str) -> Participant | HttpResponse:
-    """The session's participant if this is their current step, else a redirect to where they are."""
+    """The session's participant if this is their step now, else a redirect to where they are."""
     pid = session_participant_id(request.session, slug)
     if pid is None:
         return redirect("studies:entry", slug)
@@ -53,7 +53,9 @@ def _at_step(request: HttpRequest, slug: str, step: str) -> Participant | HttpRe
 
 
 def _closed(request: HttpRequest, study: Study, message: str, status: int = 200) -> HttpResponse:
-    return render(request, "studies/closed.html", {"study": study, "message": message}, status=status)
+    return render(
+        request, "studies/closed.html", {"study": study, "message": message}, status=status
+    )
 
 
 @require_GET
@@ -67,7 +69,9 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
         if pid is not None:
             return redirect(_step_url(selectors.participant_for_page(pid)))
         if study.recruiting_source != Study.Source.LINK:
-            return _closed(request, study, "Please open this study from your recruiting platform's link.")
+            return _closed(
+                request, study, "Please open this study from your recruiting platform's link."
+            )
     try:
         entered = svc.participant_enter(
             study=study, external_id=external_id, source=source, params=params
@@ -85,13 +89,17 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
         return participant
     if request.method == "POST":
         if request.POST.get("choice") != "agree":
-            return _closed(request, participant.study, "You did not consent; you may close this page.")
+            return _closed(
+                request, participant.study, "You did not consent; you may close this page."
+            )
         try:
             svc.participant_consent(participant_id=participant.pk)
         except StudyActionError as exc:
             return _closed(request, participant.study, exc.message)
         return redirect("studies:brief", slug)
-    return render(request, "studies/consent.html", {"participant": participant, "study": participant.study})
+    return render(
+        request, "studies/consent.html", {"participant": participant, "study": participant.study}
+    )
 
 
 class IntentForm(forms.Form):
@@ -99,7 +107,9 @@ class IntentForm(forms.Form):
         super().__init__(*args, **kwargs)
         for i, question in enumerate(questions):
             self.fields[f"q{i}"] = forms.CharField(
-                label=question, max_length=svc.MAX_ANSWER_CHARS, widget=forms.Textarea(attrs={"rows": 2})
+                label=question,
+                max_length=svc.MAX_ANSWER_CHARS,
+                widget=forms.Textarea(attrs={"rows": 2}),
             )
 
 
@@ -173,17 +183,24 @@ class FinalForm(forms.Form):
     )
     document_quality = forms.TypedChoiceField(
         label="How good is the final document? (1 = very poor, 10 = excellent)",
-        choices=[(i, i) for i in range(1, 11)], coerce=int, widget=forms.RadioSelect,
+        choices=[(i, i) for i in range(1, 11)],
+        coerce=int,
+        widget=forms.RadioSelect,
     )
     overall_interaction = forms.TypedChoiceField(
         label="How was the interaction with the assistant overall? (1-10)",
-        choices=[(i, i) for i in range(1, 11)], coerce=int, widget=forms.RadioSelect,
+        choices=[(i, i) for i in range(1, 11)],
+        coerce=int,
+        widget=forms.RadioSelect,
     )
     strengths = forms.CharField(
-        label="What did the assistant do well?", max_length=svc.MAX_ANSWER_CHARS, widget=forms.Textarea
+        label="What did the assistant do well?",
+        max_length=svc.MAX_ANSWER_CHARS,
+        widget=forms.Textarea,
     )
     weaknesses = forms.CharField(
-        label="What could the assistant do better?", max_length=svc.MAX_ANSWER_CHARS,
+        label="What could the assistant do better?",
+        max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,
     )
 
@@ -204,8 +221,12 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             return redirect("studies:done", slug)
     status = 400 if request.method == "POST" else 200
-    return render(request, "studies/final.html", {"participant": participant, "study": participant.study,
-                                                  "form": form}, status=status)
+    return render(
+        request,
+        "studies/final.html",
+        {"participant": participant, "study": participant.study, "form": form},
+        status=status,
+    )
 
 
 @require_GET

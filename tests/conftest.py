@@ -12,6 +12,16 @@ from tests.fakes.openai_server import FakeOpenAIServer
 from tests.ports import free_port
 
 
+@pytest.fixture(autouse=True)
+async def _close_model_clients() -> AsyncIterator[None]:
+    """Close cached model clients on the loop that made them, before pytest-asyncio closes it.
+
+    A client left behind would be collected later on another loop and fail to close its sockets.
+    """
+    yield
+    await close_clients()
+
+
 @dataclass
 class FakeModel:
     base_url: str

@@ -1,1 +1,1 @@
-"""Services own the study logic: keyword-only `<entity>_<action>` functions, one Event per change."""
+"""Services own the study logic: keyword-only `<entity>_<action>` functions; one Event a change."""

@@ -30,7 +30,9 @@ def activity_apply(participant: Participant, *, signal: str, now: datetime) -> l
     return ["active_seconds", "last_active_at", "is_visible"]
 
 
-def activity_record(*, participant_id: int, signal: str, payload: dict | None = None) -> Participant:
+def activity_record(
+    *, participant_id: int, signal: str, payload: dict | None = None
+) -> Participant:
     """Record a client presence signal (heartbeat, visibility) as an event and in active time."""
     if signal not in SIGNALS:
         raise ValueError(f"unknown activity signal {signal!r}")

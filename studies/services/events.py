@@ -6,7 +6,11 @@ from studies.models import Event
 
 
 def event_record(
-    *, study_id: int, kind: str, participant_id: int | None = None, payload: dict[str, Any] | None = None
+    *,
+    study_id: int,
+    kind: str,
+    participant_id: int | None = None,
+    payload: dict[str, Any] | None = None,
 ) -> Event:
     """Append one event row; callers run it inside the transaction of the change it describes."""
     return Event.objects.create(

@@ -10,6 +10,7 @@ any gap. The finished reply is written once.
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
@@ -61,33 +62,54 @@ def generation_start(*, message_id: int, participant_id: int) -> RunningReply:
 
 
 async def _publish(participant_id: int, frame: dict) -> None:
-    await get_channel_layer().group_send(chat_group(participant_id), {"type": "chat.frame", **frame})
+    await get_channel_layer().group_send(
+        chat_group(participant_id), {"type": "chat.frame", **frame}
+    )
+
+
+async def _relay(reply: RunningReply, wake: asyncio.Event) -> None:
+    """Publish new text at most once per frame interval; checkpoint it every few seconds.
+
+    The first delta goes out at once (leading edge); text that arrives while a frame was just
+    sent waits at most one interval. Runs beside the model stream so neither waits on the other.
+    """
+    sent, last_checkpoint = 0, time.monotonic()
+    while True:
+        await wake.wait()
+        wake.clear()
+        frame = {
+            "frame": "delta",
+            "id": reply.message_id,
+            "start": sent,
+            "delta": reply.text[sent:],
+        }
+        sent = len(reply.text)
+        checkpoint = time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL
+        if checkpoint:
+            frame["full"] = reply.text[:sent]
+            last_checkpoint = time.monotonic()
+        await _publish(reply.participant_id, frame)
+        if checkpoint:
+            await database_sync_to_async(turns.turn_checkpoint)(
+                message_id=reply.message_id, text=reply.text[:sent]
+            )
+        await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
 
 
 async def _generate(reply: RunningReply) -> None:
-    plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
-    pid, mid = reply.participant_id, reply.message_id
-    last_frame, last_checkpoint = 0.0, time.monotonic()
-    sent = 0
     result: GenerationResult | None = None
+    wake = asyncio.Event()
+    relay = asyncio.create_task(_relay(reply, wake))
     try:
-        async for item in stream_chat(plan.spec, plan.messages, plan.params):
-            if isinstance(item, GenerationResult):
-                result = item
-                continue
-            reply.text += item
-            now = time.monotonic()
-            if now - last_frame < settings.CHAT_FRAME_INTERVAL:
-                continue
-            frame = {"frame": "delta", "id": mid, "start": sent, "delta": reply.text[sent:]}
-            checkpoint = now - last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL
-            if checkpoint:
-                frame["full"] = reply.text
-                last_checkpoint = now
-            sent, last_frame = len(reply.text), now
-            await _publish(pid, frame)
-            if checkpoint:
-                await database_sync_to_async(turns.turn_checkpoint)(message_id=mid, text=reply.text)
+        plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
+        async with aclosing(stream_chat(plan.spec, plan.messages, plan.params)) as stream:
+            async for item in stream:
+                if isinstance(item, GenerationResult):
+                    result = item
+                elif item:
+                    reply.text += item
+                    wake.set()
+        relay.cancel()
         if result is None:
             raise ModelCallError("malformed_stream", "the stream ended without a result")
         await _finish(reply, result)
@@ -97,8 +119,10 @@ async def _generate(reply: RunningReply) -> None:
         await asyncio.shield(_interrupted(reply))
         raise
     except Exception as exc:  # a bug must still end the turn visibly, never leave it streaming
-        log.exception("reply %s failed", mid)
+        log.exception("reply %s failed", reply.message_id)
         await _fail(reply, "internal", repr(exc), "Something went wrong on our side.")
+    finally:
+        relay.cancel()
 
 
 async def _finish(reply: RunningReply, result: GenerationResult) -> None:
@@ -111,6 +135,7 @@ async def _finish(reply: RunningReply, result: GenerationResult) -> None:
         completion_tokens=result.completion_tokens,
         time_to_first_token=result.time_to_first_token,
         duration=result.duration,
+        usage_source=result.usage_source,
     )
     await _publish(
         reply.participant_id,
@@ -129,8 +154,13 @@ async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) 
     )
     await _publish(
         reply.participant_id,
-        {"frame": "failed", "id": reply.message_id, "error": kind, "text": reply.text,
-         "message": user_message},
+        {
+            "frame": "failed",
+            "id": reply.message_id,
+            "error": kind,
+            "text": reply.text,
+            "message": user_message,
+        },
     )
 
 
@@ -144,6 +174,11 @@ async def _interrupted(reply: RunningReply) -> None:
     )
     await _publish(
         reply.participant_id,
-        {"frame": "failed", "id": reply.message_id, "error": "interrupted", "text": reply.text,
-         "message": "The reply was interrupted. You can retry it."},
+        {
+            "frame": "failed",
+            "id": reply.message_id,
+            "error": "interrupted",
+            "text": reply.text,
+            "message": "The reply was interrupted. You can retry it.",
+        },
     )

@@ -83,7 +83,8 @@ def _locked(participant_id: int, *, expected: set[str]) -> Participant:
     )
     if participant.status not in expected:
         raise StudyActionError(
-            "wrong_step", "That step is not available now; you have been taken to your current step."
+            "wrong_step",
+            "That step is not available now; you have been taken to your current step.",
         )
     return participant
 
@@ -96,12 +97,20 @@ def participant_consent(*, participant_id: int) -> Participant:
         study = participant.study
         arms = [(c.key, c.weight) for c in study.conditions.filter(is_active=True)]
         if not arms:
-            raise StudyActionError("no_arms", "This study has no active arms; please come back later.")
+            raise StudyActionError(
+                "no_arms", "This study has no active arms; please come back later."
+            )
         doc_types = sorted(set(study.tasks.values_list("document_type", flat=True)))
         if not doc_types:
-            raise StudyActionError("no_tasks", "This study has no tasks yet; please come back later.")
+            raise StudyActionError(
+                "no_tasks", "This study has no tasks yet; please come back later."
+            )
         arm = assignment.allocation_next(
-            study_id=study.pk, stratum="all", arms=arms, block_size=study.block_size, seed=study.seed
+            study_id=study.pk,
+            stratum="all",
+            arms=arms,
+            block_size=study.block_size,
+            seed=study.seed,
         )
         doc = assignment.allocation_next(
             study_id=study.pk,
@@ -119,11 +128,8 @@ def participant_consent(*, participant_id: int) -> Participant:
         }
         participant.status = P.CONSENTED
         participant.consented_at = now
-        fields = activity_apply(participant, signal="page", now=now)
-        participant.save(
-            update_fields=["condition", "document_type", "allocation", "status", "consented_at"]
-            + fields
-        )
+        fields = ["condition", "document_type", "allocation", "status", "consented_at"]
+        participant.save(update_fields=fields + activity_apply(participant, signal="page", now=now))
         event_record(
             study_id=study.pk,
             participant_id=participant.pk,
@@ -168,7 +174,9 @@ def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Par
         if len(cleaned) != len(questions) or not all(cleaned):
             raise StudyActionError("incomplete", "Please answer every question.")
         if any(len(a) > MAX_ANSWER_CHARS for a in cleaned):
-            raise StudyActionError("too_long", f"Answers are limited to {MAX_ANSWER_CHARS} characters.")
+            raise StudyActionError(
+                "too_long", f"Answers are limited to {MAX_ANSWER_CHARS} characters."
+            )
         participant.intent_answers.bulk_create(
             participant.intent_answers.model(
                 participant=participant, question_index=i, question=q, answer=a
@@ -180,7 +188,9 @@ def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Par
         fields = activity_apply(participant, signal="page", now=now)
         participant.save(update_fields=["status", "briefed_at", "chat_started_at", *fields])
         event_record(
-            study_id=participant.study_id, participant_id=participant.pk, kind="study.participant.briefed"
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.participant.briefed",
         )
     return participant
 
@@ -229,7 +239,9 @@ class FinalAnswers:
 def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> Participant:
     """Store the final document and survey and complete the participant."""
     if len(answers.document_text) > MAX_DOCUMENT_CHARS:
-        raise StudyActionError("too_long", f"The document is limited to {MAX_DOCUMENT_CHARS} characters.")
+        raise StudyActionError(
+            "too_long", f"The document is limited to {MAX_DOCUMENT_CHARS} characters."
+        )
     now = timezone.now()
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.FINAL})
@@ -239,7 +251,9 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
         fields = activity_apply(participant, signal="page", now=now)
         participant.save(update_fields=["status", "completed_at", *fields])
         event_record(
-            study_id=participant.study_id, participant_id=participant.pk, kind="study.participant.completed"
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.participant.completed",
         )
     return participant
 

@@ -159,12 +159,15 @@ def turn_complete(
     completion_tokens: int | None,
     time_to_first_token: float | None,
     duration: float,
+    usage_source: str = "stream",
 ) -> TurnOutcome:
     """Store the finished reply once and open the rating checkpoint when the schedule says so."""
     now = timezone.now()
     with transaction.atomic():
         # Lock order everywhere: participant, then message.
-        participant = _lock(Message.objects.values_list("participant_id", flat=True).get(pk=message_id))
+        participant = _lock(
+            Message.objects.values_list("participant_id", flat=True).get(pk=message_id)
+        )
         message = Message.objects.select_for_update().get(pk=message_id)
         if message.status != M.STREAMING:
             raise StudyActionError("not_streaming", "This reply is no longer in progress.")
@@ -174,13 +177,16 @@ def turn_complete(
         message.finish_reason = finish_reason or ""
         message.prompt_tokens = prompt_tokens
         message.completion_tokens = completion_tokens
+        message.usage_source = usage_source
         message.time_to_first_token = time_to_first_token
         message.duration = duration
         message.completed_at = now
         message.save()
         done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
         every = participant.study.rating_every
-        rating_due = done if every and done % every == 0 and participant.status == P.CHATTING else None
+        rating_due = (
+            done if every and done % every == 0 and participant.status == P.CHATTING else None
+        )
         if rating_due is not None:
             participant.status = P.RATING_DUE
             participant.save(update_fields=["status"])
@@ -193,18 +199,26 @@ def turn_complete(
     return TurnOutcome(message, rating_due, done)
 
 
-def turn_fail(*, message_id: int, text: str, kind: str, detail: str, interrupted: bool = False) -> None:
-    """End a reply as failed (model error) or interrupted (process stopped); keep its partial text."""
+def turn_fail(
+    *, message_id: int, text: str, kind: str, detail: str, interrupted: bool = False
+) -> None:
+    """End a reply as failed (model error) or interrupted (process gone); keep its partial text."""
     status = M.INTERRUPTED if interrupted else M.FAILED
     with transaction.atomic():
-        message = Message.objects.select_for_update(of=("self",)).select_related("participant").get(pk=message_id)
+        message = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("participant")
+            .get(pk=message_id)
+        )
         if message.status != M.STREAMING:
             return
         message.content = text
         message.status = status
         message.error_kind = kind
         message.error_detail = detail[:2000]
-        message.save(update_fields=["content", "status", "error_kind", "error_detail", "updated_at"])
+        message.save(
+            update_fields=["content", "status", "error_kind", "error_detail", "updated_at"]
+        )
         event_record(
             study_id=message.participant.study_id,
             participant_id=message.participant_id,

@@ -15,30 +15,42 @@ ARMS = [("base", 1), ("proactive", 1), ("collabllm", 1)]
 def test_each_block_holds_every_arm_in_proportion_to_its_weight():
     arms = [("a", 1), ("b", 2)]
     for block_index in range(20):
-        block = assignment.block_for(arms=arms, block_size=6, seed=3, stratum="all", block_index=block_index)
+        block = assignment.block_for(
+            arms=arms, block_size=6, seed=3, stratum="all", block_index=block_index
+        )
         assert Counter(block) == {"a": 2, "b": 4}
 
 
 def test_the_sequence_is_reproducible_from_the_seed():
-    first = [assignment.choose(arms=ARMS, block_size=6, seed=11, stratum="all", position=i).choice
-             for i in range(60)]
-    again = [assignment.choose(arms=ARMS, block_size=6, seed=11, stratum="all", position=i).choice
-             for i in range(60)]
-    other = [assignment.choose(arms=ARMS, block_size=6, seed=12, stratum="all", position=i).choice
-             for i in range(60)]
+    first = [
+        assignment.choose(arms=ARMS, block_size=6, seed=11, stratum="all", position=i).choice
+        for i in range(60)
+    ]
+    again = [
+        assignment.choose(arms=ARMS, block_size=6, seed=11, stratum="all", position=i).choice
+        for i in range(60)
+    ]
+    other = [
+        assignment.choose(arms=ARMS, block_size=6, seed=12, stratum="all", position=i).choice
+        for i in range(60)
+    ]
     assert first == again
     assert first != other
 
 
 def test_blocks_are_shuffled_not_cyclic():
-    blocks = {tuple(assignment.block_for(arms=ARMS, block_size=6, seed=5, stratum="all", block_index=i))
-              for i in range(30)}
+    blocks = {
+        tuple(assignment.block_for(arms=ARMS, block_size=6, seed=5, stratum="all", block_index=i))
+        for i in range(30)
+    }
     assert len(blocks) > 5
 
 
 def test_it_rejects_a_block_size_that_is_not_a_multiple_of_the_weights():
     with pytest.raises(ValueError, match="multiple"):
-        assignment.choose(arms=[("a", 1), ("b", 1)], block_size=3, seed=0, stratum="all", position=0)
+        assignment.choose(
+            arms=[("a", 1), ("b", 1)], block_size=3, seed=0, stratum="all", position=0
+        )
 
 
 def test_allocation_records_seed_block_and_algorithm():
@@ -52,7 +64,9 @@ def test_allocation_records_seed_block_and_algorithm():
 def test_allocation_outside_a_transaction_is_refused():
     study = three_arm_study()
     with pytest.raises(RuntimeError, match="transaction"):
-        assignment.allocation_next(study_id=study.pk, stratum="all", arms=ARMS, block_size=6, seed=0)
+        assignment.allocation_next(
+            study_id=study.pk, stratum="all", arms=ARMS, block_size=6, seed=0
+        )
 
 
 @pytest.mark.django_db
@@ -81,7 +95,7 @@ def test_concurrent_arrivals_are_balanced_within_one_block_and_never_share_a_pos
         try:
             barrier.wait()
             svc.participant_consent(participant_id=pid)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()
@@ -98,8 +112,12 @@ def test_concurrent_arrivals_are_balanced_within_one_block_and_never_share_a_pos
     counts = Counter(rows.values_list("condition__key", flat=True))
     assert max(counts.values()) - min(counts.values()) <= 1
     expected = Counter(
-        assignment.choose(arms=ARMS, block_size=6, seed=study.seed, stratum="all", position=i).choice
+        assignment.choose(
+            arms=ARMS, block_size=6, seed=study.seed, stratum="all", position=i
+        ).choice
         for i in range(len(people))
     )
     assert counts == expected
-    assert Event.objects.filter(study=study, kind="study.participant.consented").count() == len(people)
+    assert Event.objects.filter(study=study, kind="study.participant.consented").count() == len(
+        people
+    )

@@ -27,8 +27,11 @@ def application():
 @sync_to_async
 def make_chatting(base_url: str, model: str = "fake", read_timeout: float = 5.0, **study_kwargs):
     endpoint = ModelEndpoint.objects.create(
-        name=f"ep-{uuid.uuid4().hex[:6]}", base_url=base_url, served_model=model,
-        read_timeout=read_timeout, connect_timeout=2.0,
+        name=f"ep-{uuid.uuid4().hex[:6]}",
+        base_url=base_url,
+        served_model=model,
+        read_timeout=read_timeout,
+        connect_timeout=2.0,
     )
     study = three_arm_study(endpoint=endpoint, **study_kwargs)
     pid = advance_to_chat(ParticipantFactory(study=study)).pk
@@ -54,11 +57,11 @@ async def connect(participant, *, origin=b"http://testserver", cookie=None):
     return comm, connected, code
 
 
-async def frames_until(comm, kinds, timeout=30.0):
+async def frames_until(comm, kinds, wait=30.0):
     """Receive frames until one of `kinds` arrives; return them all."""
     seen = []
     while True:
-        frame = await comm.receive_json_from(timeout=timeout)
+        frame = await comm.receive_json_from(timeout=wait)
         seen.append(frame)
         if frame["type"] in kinds:
             return seen
@@ -86,13 +89,13 @@ def messages_of(participant):
 
 async def test_a_socket_without_a_participant_session_is_refused(fake_model):
     participant = await make_chatting(fake_model.base_url)
-    comm, connected, code = await connect(participant, cookie=b"sessionid=forged")
+    _, connected, code = await connect(participant, cookie=b"sessionid=forged")
     assert not connected and code == 4403
 
 
 async def test_a_socket_from_another_origin_is_refused(fake_model):
     participant = await make_chatting(fake_model.base_url)
-    comm, connected, _ = await connect(participant, origin=b"https://evil.example")
+    _, connected, _ = await connect(participant, origin=b"https://evil.example")
     assert not connected
 
 
@@ -116,7 +119,7 @@ async def test_a_turn_streams_coalesced_frames_and_saves_the_reply_once(fake_mod
     tokens = participant.condition.generation_params["max_tokens"]  # the fake sends that many
     assert len(deltas) < tokens / 2  # coalesced, not one frame per token
     await settled()
-    user, reply = await messages_of(participant)
+    _, reply = await messages_of(participant)
     assert reply.status == "complete" and reply.content == final["message"]["text"]
     assert reply.completion_tokens == tokens and reply.prompt_tokens > 0
     assert 0 < reply.time_to_first_token <= reply.duration
@@ -159,10 +162,16 @@ async def test_a_reconnect_mid_stream_shows_the_partial_text_then_the_rest_live(
 
 @pytest.mark.parametrize(
     "model,kind",
-    [("fake-500", "server_error"), ("fake-stall", "timeout"), ("fake-malformed", "malformed_stream"),
-     ("fake-400", "rejected")],
+    [
+        ("fake-500", "server_error"),
+        ("fake-stall", "timeout"),
+        ("fake-malformed", "malformed_stream"),
+        ("fake-400", "rejected"),
+    ],
 )
-async def test_a_failed_model_call_ends_the_turn_visibly_and_keeps_the_message(fake_model, model, kind):
+async def test_a_failed_model_call_ends_the_turn_visibly_and_keeps_the_message(
+    fake_model, model, kind
+):
     participant = await make_chatting(fake_model.base_url, model=model, read_timeout=1.0)
     comm, _, _ = await connect(participant)
     await comm.receive_json_from()
@@ -194,7 +203,9 @@ async def test_a_dead_model_server_fails_the_turn_and_a_retry_succeeds_once_it_i
     await settled()
     rows = await messages_of(participant)
     assert [(m.role, m.attempt, m.status) for m in rows] == [
-        ("user", 1, "complete"), ("assistant", 1, "failed"), ("assistant", 2, "complete")
+        ("user", 1, "complete"),
+        ("assistant", 1, "failed"),
+        ("assistant", 2, "complete"),
     ]
     await comm.disconnect()
 
@@ -207,7 +218,10 @@ async def test_a_dead_model_server_fails_the_turn_and_a_retry_succeeds_once_it_i
         (json.dumps({"type": "dance"}), "unknown_type"),
         (json.dumps({"type": "send", "text": "hi"}), "malformed"),
         (json.dumps({"type": "send", "text": "hi", "key": "not-a-uuid"}), "malformed"),
-        (json.dumps({"type": "send", "text": "x" * 20000, "key": str(uuid.uuid4())}), "frame_too_large"),
+        (
+            json.dumps({"type": "send", "text": "x" * 20000, "key": str(uuid.uuid4())}),
+            "frame_too_large",
+        ),
         (json.dumps({"type": "send", "text": "x" * 4001, "key": str(uuid.uuid4())}), "too_long"),
         (json.dumps({"type": "rating", "after_turn": 0, "score": 5}), "no_rating_due"),
         (json.dumps({"type": "retry", "message_id": 1}), "not_retryable"),
@@ -279,12 +293,13 @@ async def test_presence_signals_are_logged(fake_model):
 
 @pytest.mark.slow
 async def test_a_turn_against_the_real_embedded_model(embedded_model):
-    participant = await make_chatting(embedded_model.base_url, model=embedded_model.model,
-                                      read_timeout=120)
+    participant = await make_chatting(
+        embedded_model.base_url, model=embedded_model.model, read_timeout=120
+    )
     comm, _, _ = await connect(participant)
     await comm.receive_json_from()
     await send_turn(comm, "Give me one title for a blog post about reading.")
-    frames = await frames_until(comm, {"complete", "failed"}, timeout=120)
+    frames = await frames_until(comm, {"complete", "failed"}, wait=120)
     assert frames[-1]["type"] == "complete", frames[-1]
     assert any(f["type"] == "delta" for f in frames)
     await settled()

@@ -17,7 +17,9 @@ def url(name, study):
 
 
 def enter(client, study, **params):
-    return client.get(url("entry", study), params or {"PROLIFIC_PID": "p1", "STUDY_ID": "s", "SESSION_ID": "x"})
+    return client.get(
+        url("entry", study), params or {"PROLIFIC_PID": "p1", "STUDY_ID": "s", "SESSION_ID": "x"}
+    )
 
 
 def to_brief(client, study):
@@ -40,12 +42,18 @@ def study():
     return three_arm_study()
 
 
-def test_entry_creates_the_participant_with_recruiting_params_and_sends_them_to_consent(client, study):
+def test_entry_creates_the_participant_with_recruiting_params_and_sends_them_to_consent(
+    client, study
+):
     response = enter(client, study)
     assert response.status_code == 302 and response.url == url("consent", study)
     participant = Participant.objects.get(study=study)
     assert participant.external_id == "prolific:p1"
-    assert participant.recruiting_params == {"PROLIFIC_PID": "p1", "STUDY_ID": "s", "SESSION_ID": "x"}
+    assert participant.recruiting_params == {
+        "PROLIFIC_PID": "p1",
+        "STUDY_ID": "s",
+        "SESSION_ID": "x",
+    }
 
 
 def test_the_same_external_id_returns_to_the_same_participant_and_step(study):
@@ -119,13 +127,23 @@ def test_finishing_before_the_minimum_turns_is_refused(client, study):
 
 def finish_turns(participant, n):
     for i in range(n):
-        reply = turns.turn_start(participant_id=participant.pk, text=f"m{i}", key=new_key()).assistant_message
+        reply = turns.turn_start(
+            participant_id=participant.pk, text=f"m{i}", key=new_key()
+        ).assistant_message
         outcome = turns.turn_complete(
-            message_id=reply.pk, text="ok", model="m", finish_reason="stop", prompt_tokens=1,
-            completion_tokens=1, time_to_first_token=0.1, duration=0.2,
+            message_id=reply.pk,
+            text="ok",
+            model="m",
+            finish_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=1,
+            time_to_first_token=0.1,
+            duration=0.2,
         )
         if outcome.rating_due_after:
-            turns.rating_record(participant_id=participant.pk, after_turn=outcome.rating_due_after, score=6)
+            turns.rating_record(
+                participant_id=participant.pk, after_turn=outcome.rating_due_after, score=6
+            )
 
 
 def test_the_whole_flow_ends_with_the_completion_code_and_redirect(client, study):
@@ -134,10 +152,16 @@ def test_the_whole_flow_ends_with_the_completion_code_and_redirect(client, study
     participant = to_chat(client, study)
     finish_turns(participant, study.min_turns)
     assert client.post(url("finish", study)).url == url("final", study)
-    response = client.post(url("final", study), {
-        "document_text": "My post", "document_quality": "8", "overall_interaction": "9",
-        "strengths": "asked questions", "weaknesses": "slow",
-    })
+    response = client.post(
+        url("final", study),
+        {
+            "document_text": "My post",
+            "document_quality": "8",
+            "overall_interaction": "9",
+            "strengths": "asked questions",
+            "weaknesses": "slow",
+        },
+    )
     assert response.url == url("done", study)
     page = client.get(url("done", study)).content.decode()
     assert study.completion_code in page
@@ -184,7 +208,9 @@ def test_a_closed_study_admits_no_new_participant(client, study):
 
 
 def test_mturk_preview_creates_nobody(client, study):
-    response = client.get(url("entry", study), {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "h"})
+    response = client.get(
+        url("entry", study), {"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "h"}
+    )
     assert b"Accept the HIT" in response.content
     assert not Participant.objects.exists()
 

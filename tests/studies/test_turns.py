@@ -16,7 +16,9 @@ def snapshot(participant):
     participant.refresh_from_db()
     return (
         participant.status,
-        list(Message.objects.filter(participant=participant).values_list("id", "status", "content")),
+        list(
+            Message.objects.filter(participant=participant).values_list("id", "status", "content")
+        ),
         TurnRating.objects.filter(participant=participant).count(),
         Event.objects.filter(participant=participant).count(),
     )
@@ -24,8 +26,14 @@ def snapshot(participant):
 
 def complete(reply, text="Sure."):
     return turns.turn_complete(
-        message_id=reply.pk, text=text, model="m", finish_reason="stop", prompt_tokens=5,
-        completion_tokens=2, time_to_first_token=0.1, duration=0.3,
+        message_id=reply.pk,
+        text=text,
+        model="m",
+        finish_reason="stop",
+        prompt_tokens=5,
+        completion_tokens=2,
+        time_to_first_token=0.1,
+        duration=0.3,
     )
 
 
@@ -71,7 +79,9 @@ def test_a_second_message_while_a_reply_streams_is_refused(chatting):
 def test_the_rating_checkpoint_blocks_the_next_turn_until_recorded(chatting):
     every = chatting.study.rating_every
     for i in range(every):
-        reply = turns.turn_start(participant_id=chatting.pk, text=f"m{i}", key=new_key()).assistant_message
+        reply = turns.turn_start(
+            participant_id=chatting.pk, text=f"m{i}", key=new_key()
+        ).assistant_message
         outcome = complete(reply)
     assert outcome.rating_due_after == every
     chatting.refresh_from_db()
@@ -87,7 +97,9 @@ def test_the_rating_checkpoint_blocks_the_next_turn_until_recorded(chatting):
     turns.rating_record(participant_id=chatting.pk, after_turn=every, score=7)
     chatting.refresh_from_db()
     assert chatting.status == Participant.Status.CHATTING
-    assert turns.turn_start(participant_id=chatting.pk, text="more", key=new_key()).assistant_message
+    assert turns.turn_start(
+        participant_id=chatting.pk, text="more", key=new_key()
+    ).assistant_message
 
 
 @pytest.mark.parametrize("score", [0, 11, "7", True, 7.5])
@@ -110,7 +122,11 @@ def test_sending_too_fast_is_rate_limited(chatting, settings):
     chatting.study.rating_every = 0
     chatting.study.save()
     for i in range(2):
-        complete(turns.turn_start(participant_id=chatting.pk, text=f"m{i}", key=new_key()).assistant_message)
+        complete(
+            turns.turn_start(
+                participant_id=chatting.pk, text=f"m{i}", key=new_key()
+            ).assistant_message
+        )
     with pytest.raises(StudyActionError) as err:
         turns.turn_start(participant_id=chatting.pk, text="m3", key=new_key())
     assert err.value.code == "rate_limited"

@@ -13,7 +13,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         study = seed_demo(
-            slug=options["slug"], min_turns=options["min_turns"], rating_every=options["rating_every"]
+            slug=options["slug"],
+            min_turns=options["min_turns"],
+            rating_every=options["rating_every"],
         )
         arms = ", ".join(study.conditions.values_list("key", flat=True))
         self.stdout.write(f"Study '{study.slug}' ready: arms {arms}; {study.tasks.count()} topics.")

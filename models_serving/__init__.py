@@ -1,0 +1,1 @@
+"""Plain-Python access to the models: streaming client, versioned prompts, server launchers."""

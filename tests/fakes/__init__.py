@@ -1,0 +1,1 @@
+"""Stand-ins for outside services: used only where the real one is slow or cannot fail on cue."""
