@@ -1,6 +1,7 @@
 """Researcher admin: studies with arms and tasks inline; participants with their full transcript."""
 
 from django.contrib import admin
+from django.db import models
 from django.db.models import Count, Q
 from django.utils.html import format_html, format_html_join
 
@@ -43,6 +44,7 @@ class StudyAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status"]
     prepopulated_fields = {"slug": ["title"]}
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [ConditionInline, TaskInline]
 
     def get_queryset(self, request):
@@ -67,6 +69,7 @@ class StudyAdmin(admin.ModelAdmin):
 @admin.register(ModelEndpoint)
 class ModelEndpointAdmin(admin.ModelAdmin):
     list_display = ["name", "base_url", "served_model", "health", "health_checked_at"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 class EventInline(admin.TabularInline):

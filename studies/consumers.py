@@ -33,11 +33,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await database_sync_to_async(turns.turn_reap_stale)(
             participant_id=pid, running=generation.running_ids()
         )
+        await database_sync_to_async(activity.activity_record)(
+            participant_id=pid, signal="connected"
+        )
         await self.send_json(await self._state())
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await database_sync_to_async(activity.activity_record)(
+                participant_id=self.participant_id, signal="disconnected", payload={"code": code}
+            )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         limit = settings.CHAT_MAX_MESSAGE_CHARS * 2 + MAX_FRAME_CHARS_EXTRA
@@ -109,7 +115,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _presence(self, content: dict) -> None:
         signal = content.get("signal")
-        if signal not in activity.SIGNALS:
+        if signal not in activity.CLIENT_SIGNALS:
             raise StudyActionError("malformed", "Unknown presence signal.")
         await database_sync_to_async(activity.activity_record)(
             participant_id=self.participant_id, signal=signal

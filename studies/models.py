@@ -115,7 +115,7 @@ class Condition(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.study.slug}:{self.key}"
+        return self.key
 
 
 class Task(models.Model):

@@ -14,9 +14,10 @@ from django.utils import timezone
 from studies.models import Participant
 from studies.services.events import event_record
 
-ACTIVE_SIGNALS = {"active", "visible", "page", "message"}
-INACTIVE_SIGNALS = {"idle", "hidden"}
+ACTIVE_SIGNALS = {"active", "visible", "page", "message", "connected"}
+INACTIVE_SIGNALS = {"idle", "hidden", "disconnected"}
 SIGNALS = ACTIVE_SIGNALS | INACTIVE_SIGNALS
+CLIENT_SIGNALS = {"active", "idle", "visible", "hidden"}
 
 
 def activity_apply(participant: Participant, *, signal: str, now: datetime) -> list[str]:
@@ -44,7 +45,7 @@ def activity_record(
         event_record(
             study_id=participant.study_id,
             participant_id=participant.pk,
-            kind=f"study.presence.{signal}",
+            kind=f"study.presence.{signal}" if signal in CLIENT_SIGNALS else f"study.chat.{signal}",
             payload=payload or {},
         )
     return participant

@@ -287,8 +287,12 @@ async def test_presence_signals_are_logged(fake_model):
     kinds = await sync_to_async(list)(
         Event.objects.filter(participant=participant).values_list("kind", flat=True)
     )
-    assert "study.presence.hidden" in kinds
+    assert "study.presence.hidden" in kinds and "study.chat.connected" in kinds
     await comm.disconnect()
+    disconnected = await sync_to_async(
+        Event.objects.filter(participant=participant, kind="study.chat.disconnected").exists
+    )()
+    assert disconnected
 
 
 @pytest.mark.slow

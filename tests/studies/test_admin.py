@@ -1,0 +1,67 @@
+"""A small named world: a researcher (staff), a participant and a stranger."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from studies.services import turns
+from tests.factories import ParticipantFactory
+from tests.studies.conftest import advance_to_chat, new_key
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def researcher():
+    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def chatted(study):
+    participant = advance_to_chat(ParticipantFactory(study=study))
+    reply = turns.turn_start(participant_id=participant.pk, text="Draft my post", key=new_key())
+    turns.turn_complete(
+        message_id=reply.assistant_message.pk, text="Here is a **draft**", model="m",
+        finish_reason="stop", prompt_tokens=3, completion_tokens=4, time_to_first_token=0.1,
+        duration=0.5,
+    )
+    return participant
+
+
+def test_a_researcher_reads_a_transcript_with_timings(researcher, chatted):
+    url = reverse("admin:studies_participant_change", args=[chatted.pk])
+    page = researcher.get(url).content.decode()
+    assert "Draft my post" in page and "Here is a **draft**" in page
+    assert "ttft 0.10s" in page and chatted.condition.key in page
+
+
+def test_a_researcher_creates_a_study_with_arms_and_tasks_inline(researcher):
+    page = researcher.get(reverse("admin:studies_study_add")).content.decode()
+    assert "conditions-TOTAL_FORMS" in page and "tasks-TOTAL_FORMS" in page
+
+
+@pytest.mark.parametrize("who", ["participant", "stranger"])
+def test_participants_and_strangers_cannot_reach_the_admin(chatted, who):
+    client = Client()
+    if who == "participant":
+        session = client.session
+        session[f"participant:{chatted.study.slug}"] = chatted.pk
+        session.save()
+    url = reverse("admin:studies_participant_change", args=[chatted.pk])
+    response = client.get(url)
+    assert response.status_code == 302 and "/admin/login/" in response.url
+
+
+def test_the_participant_list_costs_a_fixed_number_of_queries(researcher, study, django_assert_max_num_queries):
+    for _ in range(3):
+        advance_to_chat(ParticipantFactory(study=study))
+    with django_assert_max_num_queries(12) as first:
+        researcher.get(reverse("admin:studies_participant_changelist"))
+    for _ in range(5):
+        advance_to_chat(ParticipantFactory(study=study))
+    with django_assert_max_num_queries(len(first.captured_queries)):
+        researcher.get(reverse("admin:studies_participant_changelist"))
