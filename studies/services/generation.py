@@ -70,26 +70,27 @@ async def _publish(participant_id: int, frame: dict) -> None:
 async def _relay(reply: RunningReply, wake: asyncio.Event) -> None:
     """Publish new text at most once per frame interval; checkpoint it every few seconds.
 
-    The first delta goes out at once (leading edge); text that arrives while a frame was just
-    sent waits at most one interval. Runs beside the model stream so neither waits on the other.
+    The first delta goes out at once (leading edge); text that arrives just after a frame waits
+    at most one interval. The checkpoint also runs while no text arrives (a slow first token), so
+    the row's updated_at shows other processes that this reply is alive.
     """
     sent, last_checkpoint = 0, time.monotonic()
+    interval = settings.CHAT_CHECKPOINT_INTERVAL
     while True:
-        await wake.wait()
-        wake.clear()
-        frame = {
-            "frame": "delta",
-            "id": reply.message_id,
-            "start": sent,
-            "delta": reply.text[sent:],
-        }
-        sent = len(reply.text)
-        checkpoint = time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_INTERVAL
-        if checkpoint:
-            frame["full"] = reply.text[:sent]
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+        due = time.monotonic() - last_checkpoint >= interval
+        if wake.is_set():
+            wake.clear()
+            frame = {"frame": "delta", "id": reply.message_id, "start": sent}
+            frame["delta"], sent = reply.text[sent:], len(reply.text)
+            if due:
+                frame["full"] = reply.text[:sent]
+            await _publish(reply.participant_id, frame)
+        if due:
             last_checkpoint = time.monotonic()
-        await _publish(reply.participant_id, frame)
-        if checkpoint:
             await database_sync_to_async(turns.turn_checkpoint)(
                 message_id=reply.message_id, text=reply.text[:sent]
             )

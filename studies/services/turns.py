@@ -227,12 +227,18 @@ def turn_fail(
         )
 
 
-def turn_reap_stale(*, participant_id: int, running: set[int]) -> list[int]:
-    """Mark streaming replies interrupted when no live process has touched them recently."""
+def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[int]:
+    """Mark streaming replies interrupted when no live process has touched them recently.
+
+    A live reply is checkpointed every CHAT_CHECKPOINT_INTERVAL even before its first token, so
+    an updated_at older than CHAT_STALE_STREAM_SECONDS means the process generating it is gone.
+    """
     cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
-    stale = Message.objects.filter(
-        participant_id=participant_id, status=M.STREAMING, updated_at__lt=cutoff
-    ).exclude(pk__in=running)
+    stale = Message.objects.filter(status=M.STREAMING, updated_at__lt=cutoff).exclude(
+        pk__in=running
+    )
+    if participant_id is not None:
+        stale = stale.filter(participant_id=participant_id)
     ids = list(stale.values_list("pk", flat=True))
     for pk in ids:
         turn_fail(

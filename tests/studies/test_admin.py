@@ -25,8 +25,13 @@ def chatted(study):
     participant = advance_to_chat(ParticipantFactory(study=study))
     reply = turns.turn_start(participant_id=participant.pk, text="Draft my post", key=new_key())
     turns.turn_complete(
-        message_id=reply.assistant_message.pk, text="Here is a **draft**", model="m",
-        finish_reason="stop", prompt_tokens=3, completion_tokens=4, time_to_first_token=0.1,
+        message_id=reply.assistant_message.pk,
+        text="Here is a **draft**",
+        model="m",
+        finish_reason="stop",
+        prompt_tokens=3,
+        completion_tokens=4,
+        time_to_first_token=0.1,
         duration=0.5,
     )
     return participant
@@ -56,7 +61,9 @@ def test_participants_and_strangers_cannot_reach_the_admin(chatted, who):
     assert response.status_code == 302 and "/admin/login/" in response.url
 
 
-def test_the_participant_list_costs_a_fixed_number_of_queries(researcher, study, django_assert_max_num_queries):
+def test_the_participant_list_costs_a_fixed_number_of_queries(
+    researcher, study, django_assert_max_num_queries
+):
     for _ in range(3):
         advance_to_chat(ParticipantFactory(study=study))
     with django_assert_max_num_queries(12) as first:

@@ -312,3 +312,23 @@ async def test_a_turn_against_the_real_embedded_model(embedded_model):
     assert reply.completion_tokens and reply.completion_tokens > 0 and reply.prompt_tokens > 0
     assert reply.time_to_first_token <= reply.duration
     await comm.disconnect()
+
+
+async def test_a_reply_waiting_for_its_first_token_keeps_showing_it_is_alive(fake_model, settings):
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.1
+    participant = await make_chatting(fake_model.base_url, model="fake-slow")
+    await sync_to_async(
+        participant.condition.__class__.objects.filter(study=participant.study).update
+    )(generation_params={"max_tokens": 4, "fake_first_token_delay_ms": 1500})
+    comm, _, _ = await connect(participant)
+    await comm.receive_json_from()
+    await send_turn(comm)
+    await frames_until(comm, {"started"})
+    _, reply = await messages_of(participant)
+    await asyncio.sleep(0.8)
+    _, later = await messages_of(participant)
+    assert later.status == "streaming" and later.content == ""
+    assert later.updated_at > reply.updated_at
+    await frames_until(comm, {"complete"})
+    await settled()
+    await comm.disconnect()

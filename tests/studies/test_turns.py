@@ -174,3 +174,14 @@ def test_checkpoints_do_not_touch_a_finished_reply(chatting):
     turns.turn_checkpoint(message_id=reply.pk, text="late")
     reply.refresh_from_db()
     assert reply.content == "final"
+
+
+def test_the_periodic_sweep_interrupts_stale_replies_of_every_participant(chatting):
+    from studies.tasks import reap_stale_replies
+
+    reply = turns.turn_start(participant_id=chatting.pk, text="hi", key=new_key()).assistant_message
+    assert reap_stale_replies() == 0
+    Message.objects.filter(pk=reply.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    assert reap_stale_replies.apply().get() == 1
+    reply.refresh_from_db()
+    assert reply.status == Message.Status.INTERRUPTED
