@@ -67,8 +67,11 @@ def three_arm_study(*, endpoint: ModelEndpoint | None = None, **kwargs) -> Study
     endpoint = endpoint or ModelEndpointFactory()
     for key, prompt in [("base", "none"), ("proactive", "proactive"), ("collabllm", "collabllm")]:
         ConditionFactory(study=study, key=key, endpoint=endpoint, system_prompt=prompt)
-    for doc_type in [Task.DocumentType.BLOG_POST, Task.DocumentType.CREATIVE_WRITING,
-                     Task.DocumentType.PERSONAL_STATEMENT]:
+    for doc_type in [
+        Task.DocumentType.BLOG_POST,
+        Task.DocumentType.CREATIVE_WRITING,
+        Task.DocumentType.PERSONAL_STATEMENT,
+    ]:
         TaskFactory(study=study, document_type=doc_type)
         TaskFactory(study=study, document_type=doc_type)
     return study
