@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (origin-checked, session-authenticated)."""
+"""ASGI entry: HTTP through Django, websockets through Channels (origin-checked, by session)."""
 
 import os
 

