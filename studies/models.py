@@ -179,7 +179,7 @@ class Participant(models.Model):
     recruiting_params = models.JSONField(default=dict, blank=True)
     config_version = models.PositiveIntegerField()
     condition = models.ForeignKey(Condition, null=True, blank=True, on_delete=models.PROTECT)
-    document_type = models.CharField(max_length=30, blank=True)
+    document_type = models.CharField(max_length=30, blank=True, choices=Task.DocumentType.choices)
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
     allocation = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ENTERED)
