@@ -134,6 +134,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 message["text"] = live.text
         return state
 
+    async def dispatch(self, message: dict) -> None:
+        # Relayed frames touch no database: skip channels' per-message close_old_connections,
+        # which queues every frame behind all database work on the process's one DB thread.
+        if message.get("type") == "chat.frame":
+            await self.chat_frame(message)
+            return
+        await super().dispatch(message)
+
     async def chat_frame(self, event: dict) -> None:
         frame = {k: v for k, v in event.items() if k not in ("type", "frame")}
         await self.send_json({"type": event["frame"], **frame})

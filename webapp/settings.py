@@ -73,13 +73,15 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 times reads out after 5 s by default, which is exactly how long the layer
-        # blocks waiting for a message: every idle socket would crash (channels_redis #422).
+        # Pub/sub: about a quarter of the per-frame cost of the list-based layer, and no shared
+        # per-process capacity that silently drops frames under load (benchmarks/README.md).
+        # Delivery is at most once; the chat heals gaps from checkpoint frames (full text so far),
+        # the final frame (the whole reply) and a resync on reconnect or silence.
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # redis-py 8 times reads out after 5 s by default, which would crash every idle socket
+        # (channels_redis #422); its default pool of 100 connections is too small for a burst.
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-            "capacity": 1000,
-            "expiry": 30,
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 1000}],
         },
     },
 }

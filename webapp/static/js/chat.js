@@ -12,7 +12,7 @@
   const heartbeatMs = 1000 * Number(root.dataset.heartbeat || 15);
   const bubbles = new Map(); // message id -> {el, text, status}
   let socket = null, retryDelay = 500, pending = null, ratingDue = null, streaming = false;
-  let lastInput = Date.now(), announced = new Map();
+  let lastInput = Date.now(), lastFrame = Date.now(), announced = new Map();
 
   textarea.value = localStorage.getItem(draftKey) || "";
   textarea.addEventListener("input", () => localStorage.setItem(draftKey, textarea.value));
@@ -113,6 +113,7 @@
 
   let last = {};
   function handle(f) {
+    lastFrame = Date.now();
     if (f.type === "state") {
       list.replaceChildren(); bubbles.clear();
       f.messages.forEach(render);
@@ -172,6 +173,11 @@
     const busy = streaming || Date.now() - lastInput < heartbeatMs;
     presence(busy ? "active" : "idle");
   }, heartbeatMs);
+
+  // Frames are delivered at most once; if a streaming reply goes quiet, ask for the whole state.
+  setInterval(() => {
+    if (streaming && Date.now() - lastFrame > 5000) { lastFrame = Date.now(); send({ type: "sync" }); }
+  }, 2000);
 
   connect();
 })();
