@@ -5,6 +5,7 @@ import uuid
 import pytest
 
 from studies.services import participants as svc
+from studies.services import turns
 from tests.factories import ParticipantFactory, three_arm_study
 
 
@@ -32,3 +33,11 @@ def chatting(study):
 
 def new_key() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def complete_reply(reply, text="Sure.", ttft=0.1, duration=0.3):
+    """Finish a streaming reply as the generator would (fixed token counts)."""
+    return turns.turn_complete(
+        message_id=reply.pk, text=text, model="m", finish_reason="stop", prompt_tokens=5,
+        completion_tokens=2, time_to_first_token=ttft, duration=duration,
+    )  # fmt: skip

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from studies.services import turns
 from tests.factories import ParticipantFactory
-from tests.studies.conftest import advance_to_chat, new_key
+from tests.studies.conftest import advance_to_chat, complete_reply, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -24,16 +24,7 @@ def researcher():
 def chatted(study):
     participant = advance_to_chat(ParticipantFactory(study=study))
     reply = turns.turn_start(participant_id=participant.pk, text="Draft my post", key=new_key())
-    turns.turn_complete(
-        message_id=reply.assistant_message.pk,
-        text="Here is a **draft**",
-        model="m",
-        finish_reason="stop",
-        prompt_tokens=3,
-        completion_tokens=4,
-        time_to_first_token=0.1,
-        duration=0.5,
-    )
+    complete_reply(reply.assistant_message, text="Here is a **draft**", duration=0.5)
     return participant
 
 

@@ -7,7 +7,7 @@ from django.urls import reverse
 from studies.models import AssignmentCounter, Event, IntentAnswer, Participant, Study
 from studies.services import turns
 from tests.factories import three_arm_study
-from tests.studies.conftest import new_key
+from tests.studies.conftest import complete_reply, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -130,16 +130,7 @@ def finish_turns(participant, n):
         reply = turns.turn_start(
             participant_id=participant.pk, text=f"m{i}", key=new_key()
         ).assistant_message
-        outcome = turns.turn_complete(
-            message_id=reply.pk,
-            text="ok",
-            model="m",
-            finish_reason="stop",
-            prompt_tokens=1,
-            completion_tokens=1,
-            time_to_first_token=0.1,
-            duration=0.2,
-        )
+        outcome = complete_reply(reply, text="ok")
         if outcome.rating_due_after:
             turns.rating_record(
                 participant_id=participant.pk, after_turn=outcome.rating_due_after, score=6

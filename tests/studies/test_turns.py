@@ -6,7 +6,7 @@ from django.utils import timezone
 from studies.models import Event, Message, Participant, TurnRating
 from studies.services import turns
 from studies.services.errors import StudyActionError
-from tests.studies.conftest import new_key
+from tests.studies.conftest import complete_reply, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -25,16 +25,7 @@ def snapshot(participant):
 
 
 def complete(reply, text="Sure."):
-    return turns.turn_complete(
-        message_id=reply.pk,
-        text=text,
-        model="m",
-        finish_reason="stop",
-        prompt_tokens=5,
-        completion_tokens=2,
-        time_to_first_token=0.1,
-        duration=0.3,
-    )
+    return complete_reply(reply, text=text)
 
 
 def test_a_turn_stores_the_user_message_and_a_pinned_streaming_reply(chatting):
