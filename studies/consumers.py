@@ -80,15 +80,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         text, key = content.get("text"), _uuid(content.get("key"))
         if not isinstance(text, str) or key is None:
             raise StudyActionError("malformed", "The page sent an incomplete message.")
-        started = await database_sync_to_async(turns.turn_start)(
-            participant_id=self.participant_id, text=text, key=key
-        )
+        started, plan = await database_sync_to_async(_start_turn)(self.participant_id, text, key)
+        reply = started.assistant_message
+        if reply is not None:  # the model call goes out before anything else is sent
+            generation.generation_start(
+                message_id=reply.pk, participant_id=self.participant_id, plan=plan
+            )
         user = selectors.message_frame(started.user_message)
         await self.send_json(
             {"type": "ack", "key": str(key), "replayed": started.replayed, "message": user}
         )
-        if started.assistant_message is not None:
-            await self._begin(started.assistant_message, user=user)
+        if reply is not None:
+            await self._announce(reply, user=user)
 
     async def _retry(self, content: dict) -> None:
         if not isinstance(content.get("message_id"), int):
@@ -96,12 +99,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         reply = await database_sync_to_async(turns.turn_retry)(
             participant_id=self.participant_id, message_id=content["message_id"]
         )
-        await self._begin(reply, user=None)
+        generation.generation_start(message_id=reply.pk, participant_id=self.participant_id)
+        await self._announce(reply, user=None)
 
-    async def _begin(self, reply, *, user: dict | None) -> None:
+    async def _announce(self, reply, *, user: dict | None) -> None:
         frame = {"frame": "started", "message": selectors.message_frame(reply), "user": user}
         await self.channel_layer.group_send(self.group, {"type": "chat.frame", **frame})
-        generation.generation_start(message_id=reply.pk, participant_id=self.participant_id)
 
     async def _rating(self, content: dict) -> None:
         after, score = content.get("after_turn"), content.get("score")
@@ -148,6 +151,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, code: str, message: str, key: object = None) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, "key": key})
+
+
+def _start_turn(participant_id: int, text: str, key: uuid.UUID) -> tuple:
+    """Store the turn and read its generation plan in one trip to the database thread."""
+    started = turns.turn_start(participant_id=participant_id, text=text, key=key)
+    reply = started.assistant_message
+    return started, (selectors.generation_plan(message_id=reply.pk) if reply else None)
 
 
 def _uuid(value: object) -> uuid.UUID | None:

@@ -19,7 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from models_serving.client import GenerationResult, ModelCallError, stream_chat
-from studies.selectors import generation_plan, message_frame
+from studies.selectors import GenerationPlan, generation_plan, message_frame
 from studies.services import turns
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,15 @@ def running_ids() -> set[int]:
     return set(_running)
 
 
-def generation_start(*, message_id: int, participant_id: int) -> RunningReply:
+def generation_start(
+    *, message_id: int, participant_id: int, plan: GenerationPlan | None = None
+) -> RunningReply:
     """Start generating a reply in the background of this process (idempotent per message)."""
     if message_id in _running:
         return _running[message_id]
     reply = RunningReply(message_id, participant_id)
     _running[message_id] = reply
-    reply.task = asyncio.get_running_loop().create_task(_generate(reply))
+    reply.task = asyncio.get_running_loop().create_task(_generate(reply, plan))
     reply.task.add_done_callback(lambda _: _running.pop(message_id, None))
     return reply
 
@@ -97,12 +99,13 @@ async def _relay(reply: RunningReply, wake: asyncio.Event) -> None:
         await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
 
 
-async def _generate(reply: RunningReply) -> None:
+async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
     result: GenerationResult | None = None
     wake = asyncio.Event()
     relay = asyncio.create_task(_relay(reply, wake))
     try:
-        plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
+        if plan is None:
+            plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
         async with aclosing(stream_chat(plan.spec, plan.messages, plan.params)) as stream:
             async for item in stream:
                 if isinstance(item, GenerationResult):
