@@ -121,7 +121,7 @@ class Condition(models.Model):
 class Task(models.Model):
     class DocumentType(models.TextChoices):
         BLOG_POST = "blog_post", "Blog post"
-        CREATIVE_WRITING = "creative_writing", "Creative writing"
+        CREATIVE_WRITING = "creative_writing", "Creative writing piece"
         PERSONAL_STATEMENT = "personal_statement", "Personal statement"
         OTHER = "other", "Other"
 

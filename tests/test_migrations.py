@@ -1,0 +1,7 @@
+import pytest
+from django.core.management import call_command
+
+
+@pytest.mark.django_db
+def test_the_models_and_the_migrations_agree():
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
