@@ -258,7 +258,16 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
     return participant
 
 
+PROLIFIC_COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc={code}"
+
+
 def completion_redirect(participant: Participant) -> str | None:
-    """The recruiting platform's completion URL for this participant, if the study has one."""
-    url = participant.study.completion_redirect_url
-    return url.replace("{code}", participant.study.completion_code) if url else None
+    """The recruiting platform's completion URL for this participant, if there is one.
+
+    Prolific studies get Prolific's own completion address unless the study sets another.
+    """
+    study = participant.study
+    url = study.completion_redirect_url
+    if not url and participant.recruiting_source == Study.Source.PROLIFIC:
+        url = PROLIFIC_COMPLETION_URL
+    return url.replace("{code}", study.completion_code) if url else None

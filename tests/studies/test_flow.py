@@ -29,7 +29,16 @@ def to_brief(client, study):
 
 
 def to_chat(client, study):
-    participant = to_brief(client, study)
+    return to_chat_with(client, study, None)
+
+
+def to_chat_with(client, study, params):
+    if params:
+        enter(client, study, **params)
+        client.post(url("consent", study), {"choice": "agree"})
+        participant = Participant.objects.get(study=study)
+    else:
+        participant = to_brief(client, study)
     task = study.tasks.filter(document_type=participant.document_type).first()
     client.post(url("brief", study), {"task": task.pk})
     client.post(url("brief", study), {"q0": "friends", "q1": "warm"})
@@ -212,3 +221,27 @@ def test_forms_without_a_csrf_token_are_rejected(study):
     response = client.post(url("consent", study), {"choice": "agree"})
     assert response.status_code == 403
     assert Participant.objects.get(study=study).status == Participant.Status.ENTERED
+
+
+def test_prolific_participants_are_sent_back_to_prolific_by_default(client, study):
+    participant = to_chat(client, study)
+    finish_turns(participant, study.min_turns)
+    client.post(url("finish", study))
+    client.post(url("final", study), {
+        "document_text": "x", "document_quality": "5", "overall_interaction": "5",
+        "strengths": "s", "weaknesses": "w",
+    })  # fmt: skip
+    page = client.get(url("done", study)).content.decode()
+    assert f"https://app.prolific.com/submissions/complete?cc={study.completion_code}" in page
+
+
+def test_a_plain_link_participant_gets_the_code_without_a_redirect(client, study):
+    participant = to_chat_with(client, study, {"pid": "p9"})
+    finish_turns(participant, study.min_turns)
+    client.post(url("finish", study))
+    client.post(url("final", study), {
+        "document_text": "x", "document_quality": "5", "overall_interaction": "5",
+        "strengths": "s", "weaknesses": "w",
+    })  # fmt: skip
+    page = client.get(url("done", study)).content.decode()
+    assert study.completion_code in page and "prolific.com" not in page
