@@ -89,8 +89,11 @@ def messages_of(participant):
 
 async def test_a_socket_without_a_participant_session_is_refused(fake_model):
     participant = await make_chatting(fake_model.base_url)
+    events = await sync_to_async(Event.objects.count)()
     _, connected, code = await connect(participant, cookie=b"sessionid=forged")
     assert not connected and code == 4403
+    assert await sync_to_async(Event.objects.count)() == events
+    assert await messages_of(participant) == []
 
 
 async def test_a_socket_from_another_origin_is_refused(fake_model):
