@@ -108,8 +108,8 @@ async def close_clients() -> None:
         await client.close()
 
 
-def _classify(exc: Exception, *, streaming: bool) -> ModelCallError | None:
-    """Translate an SDK failure into a ModelCallError (None if it is not one)."""
+def _classify(exc: Exception) -> ModelCallError | None:
+    """Translate a failure to open the stream into a ModelCallError (None if it is not one)."""
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, openai.APITimeoutError):
         return ModelCallError("timeout", detail)
@@ -117,12 +117,8 @@ def _classify(exc: Exception, *, streaming: bool) -> ModelCallError | None:
         kind: ErrorKind = "server_error" if exc.status_code >= 500 else "rejected"
         return ModelCallError(kind, f"HTTP {exc.status_code}: {exc.message}")
     if isinstance(exc, openai.APIConnectionError):
-        # The SDK wraps transport errors while reading the body too; then the stream broke.
         cause = f"{detail} ({type(exc.__cause__).__name__}: {exc.__cause__})"
-        return ModelCallError("malformed_stream" if streaming else "unreachable", cause)
-    if isinstance(exc, openai.APIError):
-        # The server put an "error" object inside the event stream.
-        return ModelCallError("server_error", detail)
+        return ModelCallError("unreachable", cause)
     return None
 
 
@@ -247,7 +243,7 @@ async def stream_chat(
             **named,
         )
     except Exception as exc:
-        error = _classify(exc, streaming=False)
+        error = _classify(exc)
         if error is None:
             raise
         raise error from exc
