@@ -57,6 +57,15 @@ async def connect(participant, *, origin=b"http://testserver", cookie=None):
     return comm, connected, code
 
 
+async def open_chat(base_url: str, **kwargs):
+    """A participant at the chat step with a connected socket past its first state frame."""
+    participant = await make_chatting(base_url, **kwargs)
+    comm, connected, _ = await connect(participant)
+    assert connected
+    await comm.receive_json_from()
+    return participant, comm
+
+
 async def frames_until(comm, kinds, wait=30.0):
     """Receive frames until one of `kinds` arrives; return them all."""
     seen = []
@@ -130,9 +139,7 @@ async def test_a_turn_streams_coalesced_frames_and_saves_the_reply_once(fake_mod
 
 
 async def test_the_reply_completes_and_is_saved_after_the_socket_drops(fake_model):
-    participant = await make_chatting(fake_model.base_url)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat(fake_model.base_url)
     await send_turn(comm)
     await frames_until(comm, {"ack"})
     await comm.disconnect()
@@ -147,9 +154,7 @@ async def test_the_reply_completes_and_is_saved_after_the_socket_drops(fake_mode
 
 
 async def test_a_reconnect_mid_stream_shows_the_partial_text_then_the_rest_live(slow_fake_model):
-    participant = await make_chatting(slow_fake_model.base_url)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat(slow_fake_model.base_url)
     await send_turn(comm)
     await frames_until(comm, {"delta"})
     await comm.disconnect()
@@ -175,9 +180,7 @@ async def test_a_reconnect_mid_stream_shows_the_partial_text_then_the_rest_live(
 async def test_a_failed_model_call_ends_the_turn_visibly_and_keeps_the_message(
     fake_model, model, kind
 ):
-    participant = await make_chatting(fake_model.base_url, model=model, read_timeout=1.0)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat(fake_model.base_url, model=model, read_timeout=1.0)
     await send_turn(comm, "Please keep this text")
     frames = await frames_until(comm, {"failed"})
     assert frames[-1]["error"] == kind and frames[-1]["message"]
@@ -189,9 +192,7 @@ async def test_a_failed_model_call_ends_the_turn_visibly_and_keeps_the_message(
 
 
 async def test_a_dead_model_server_fails_the_turn_and_a_retry_succeeds_once_it_is_back(fake_model):
-    participant = await make_chatting("http://127.0.0.1:9/v1")
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat("http://127.0.0.1:9/v1")
     await send_turn(comm)
     frames = await frames_until(comm, {"failed"})
     assert frames[-1]["error"] == "unreachable"
@@ -232,9 +233,7 @@ async def test_a_dead_model_server_fails_the_turn_and_a_retry_succeeds_once_it_i
     ],
 )
 async def test_bad_frames_get_a_clear_error_and_change_nothing(fake_model, raw, code):
-    participant = await make_chatting(fake_model.base_url)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat(fake_model.base_url)
     count = await sync_to_async(Event.objects.count)()
     await comm.send_to(text_data=raw)
     frame = await comm.receive_json_from()
@@ -245,9 +244,7 @@ async def test_bad_frames_get_a_clear_error_and_change_nothing(fake_model, raw, 
 
 
 async def test_a_replayed_send_is_acknowledged_but_stored_once(fake_model):
-    participant = await make_chatting(fake_model.base_url)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat(fake_model.base_url)
     key = str(uuid.uuid4())
     for _ in range(2):
         await comm.send_json_to({"type": "send", "text": "hello", "key": key})
@@ -264,9 +261,7 @@ async def test_a_replayed_send_is_acknowledged_but_stored_once(fake_model):
 
 
 async def test_the_scheduled_rating_blocks_the_composer_until_sent(fake_model):
-    participant = await make_chatting(fake_model.base_url, rating_every=1)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    _, comm = await open_chat(fake_model.base_url, rating_every=1)
     await send_turn(comm)
     frames = await frames_until(comm, {"complete"})
     assert frames[-1]["rating_due"] == 1
@@ -281,9 +276,7 @@ async def test_the_scheduled_rating_blocks_the_composer_until_sent(fake_model):
 
 
 async def test_presence_signals_are_logged(fake_model):
-    participant = await make_chatting(fake_model.base_url)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
+    participant, comm = await open_chat(fake_model.base_url)
     await comm.send_json_to({"type": "presence", "signal": "hidden"})
     await comm.send_json_to({"type": "sync"})
     await frames_until(comm, {"state"})

@@ -223,25 +223,22 @@ def test_forms_without_a_csrf_token_are_rejected(study):
     assert Participant.objects.get(study=study).status == Participant.Status.ENTERED
 
 
-def test_prolific_participants_are_sent_back_to_prolific_by_default(client, study):
-    participant = to_chat(client, study)
+def done_page(client, study, participant):
+    """Chat the minimum turns, submit a valid final survey and return the done page."""
     finish_turns(participant, study.min_turns)
     client.post(url("finish", study))
     client.post(url("final", study), {
         "document_text": "x", "document_quality": "5", "overall_interaction": "5",
         "strengths": "s", "weaknesses": "w",
     })  # fmt: skip
-    page = client.get(url("done", study)).content.decode()
+    return client.get(url("done", study)).content.decode()
+
+
+def test_prolific_participants_are_sent_back_to_prolific_by_default(client, study):
+    page = done_page(client, study, to_chat(client, study))
     assert f"https://app.prolific.com/submissions/complete?cc={study.completion_code}" in page
 
 
 def test_a_plain_link_participant_gets_the_code_without_a_redirect(client, study):
-    participant = to_chat_with(client, study, {"pid": "p9"})
-    finish_turns(participant, study.min_turns)
-    client.post(url("finish", study))
-    client.post(url("final", study), {
-        "document_text": "x", "document_quality": "5", "overall_interaction": "5",
-        "strengths": "s", "weaknesses": "w",
-    })  # fmt: skip
-    page = client.get(url("done", study)).content.decode()
+    page = done_page(client, study, to_chat_with(client, study, {"pid": "p9"}))
     assert study.completion_code in page and "prolific.com" not in page
