@@ -218,7 +218,7 @@ class Participant(models.Model):
 
     @property
     def wall_seconds(self) -> float | None:
-        """Seconds from consent to completion (or to now while unfinished is not reported)."""
+        """Seconds from consent to completion; None until the participant has completed."""
         if self.consented_at and self.completed_at:
             return (self.completed_at - self.consented_at).total_seconds()
         return None

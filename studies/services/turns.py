@@ -210,9 +210,12 @@ def turn_complete(
 
 
 def turn_fail(
-    *, message_id: int, text: str, kind: str, detail: str, interrupted: bool = False
+    *, message_id: int, text: str | None, kind: str, detail: str, interrupted: bool = False
 ) -> None:
-    """End a reply as failed (model error) or interrupted (process gone); keep its partial text."""
+    """End a reply as failed (model error) or interrupted (process gone).
+
+    `text` is the partial reply so far; None keeps the last checkpoint already stored.
+    """
     status = M.INTERRUPTED if interrupted else M.FAILED
     with transaction.atomic():
         message = (
@@ -222,7 +225,8 @@ def turn_fail(
         )
         if message.status != M.STREAMING:
             return
-        message.content = text
+        if text is not None:
+            message.content = text
         message.status = status
         message.error_kind = kind
         message.error_detail = detail[:2000]
@@ -253,7 +257,7 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     for pk in ids:
         turn_fail(
             message_id=pk,
-            text=Message.objects.get(pk=pk).content,
+            text=None,
             kind="interrupted",
             detail="The server handling this reply stopped before it finished.",
             interrupted=True,

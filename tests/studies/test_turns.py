@@ -140,11 +140,13 @@ def test_a_failed_reply_must_be_retried_before_a_new_turn_and_only_it_can_be(cha
 
 def test_a_stale_stream_is_marked_interrupted_but_a_running_one_is_not(chatting):
     reply = turns.turn_start(participant_id=chatting.pk, text="hi", key=new_key()).assistant_message
-    Message.objects.filter(pk=reply.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    Message.objects.filter(pk=reply.pk).update(
+        content="checkpointed", updated_at=timezone.now() - timedelta(minutes=5)
+    )
     assert turns.turn_reap_stale(participant_id=chatting.pk, running={reply.pk}) == []
     assert turns.turn_reap_stale(participant_id=chatting.pk, running=set()) == [reply.pk]
     reply.refresh_from_db()
-    assert reply.status == Message.Status.INTERRUPTED
+    assert reply.status == Message.Status.INTERRUPTED and reply.content == "checkpointed"
 
 
 def test_completing_a_reply_twice_is_refused(chatting):
