@@ -59,7 +59,7 @@ def llama_server_command(
     command = [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "models_serving.llama_main",
         "--model",
         str(model_path or embedded_model_path()),
         "--host",

@@ -57,6 +57,11 @@ class StudyAdmin(admin.ModelAdmin):
             )
         )
 
+    def get_urls(self):
+        from studies.admin_monitor import monitor_urls
+
+        return monitor_urls(self) + super().get_urls()
+
     @admin.display(description="participants", ordering="_n")
     def n_participants(self, obj: Study) -> int:
         return obj._n

@@ -21,6 +21,7 @@ class Study(models.Model):
 
     class Design(models.TextChoices):
         PERMUTED_BLOCKS = "permuted_blocks", "Permuted blocks"
+        LEAST_FILLED = "least_filled", "Least filled"
 
     class Source(models.TextChoices):
         LINK = "link", "Plain link"
@@ -43,9 +44,63 @@ class Study(models.Model):
     block_size = models.PositiveSmallIntegerField(
         default=6, help_text="Assignments per block; a multiple of the summed arm weights."
     )
+    block_sizes = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Random block sizes, e.g. [3, 6]: each block draws one (seeded). Empty = fixed.",
+    )
+    stratify_by = models.CharField(
+        max_length=60,
+        blank=True,
+        help_text="Blank = no strata; 'document_type'; or 'param:NAME' for a recruiting parameter.",
+    )
+    reuse_slots = models.BooleanField(
+        default=True,
+        help_text="Hand the slot of a returned, timed-out, abandoned or excluded participant to "
+        "the next arrival of the same stratum.",
+    )
     seed = models.BigIntegerField(default=0)
     recruiting_source = models.CharField(max_length=10, choices=Source.choices, default=Source.LINK)
     completion_code = models.CharField(max_length=40, default=_completion_code)
+    screened_out_code = models.CharField(max_length=40, default=_completion_code)
+    attention_failed_code = models.CharField(max_length=40, default=_completion_code)
+    timed_out_code = models.CharField(max_length=40, default=_completion_code)
+    linked_studies = models.ManyToManyField(
+        "self",
+        blank=True,
+        help_text="Anyone who entered a linked study cannot enter this one (repeat workers).",
+    )
+    comprehension_questions = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='After the brief: [{"question": ..., "choices": [...], "answer": index}]. '
+        "Two attempts, then the participant is screened out.",
+    )
+    attention_checks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='In the final survey: [{"question": ..., "choices": [...], "answer": index}].',
+    )
+    attention_fail_threshold = models.PositiveSmallIntegerField(
+        default=2,
+        help_text="Wrong attention answers that count as failing (capped at the number of checks).",
+    )
+    min_user_message_chars = models.PositiveSmallIntegerField(default=0)
+    detect_paste = models.BooleanField(
+        default=False, help_text="Record pastes into the chat box as events."
+    )
+    time_warning_minutes = models.PositiveSmallIntegerField(
+        default=5, help_text="Warn this many minutes before the time limit."
+    )
+    abandon_after_minutes = models.PositiveIntegerField(
+        default=60, help_text="Mark a participant abandoned after this long without activity."
+    )
+    exclusion_rules = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Marks (never deletes) completed participants, e.g. {"min_active_minutes": 5, '
+        '"failed_attention": true, "min_user_chars": 200}.',
+    )
     completion_redirect_url = models.URLField(
         blank=True,
         help_text="Where to send finished participants; {code} is replaced by the completion code.",
@@ -67,6 +122,25 @@ class Study(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class StudyVersion(models.Model):
+    """A frozen snapshot of a study's configuration; participants are stamped with one."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    config = models.JSONField()
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "number"], name="version_number_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study_id} v{self.number}"
 
 
 class ModelEndpoint(models.Model):
@@ -105,7 +179,10 @@ class Condition(models.Model):
     prompt_version = models.CharField(max_length=20, blank=True, help_text="Blank = latest.")
     generation_params = models.JSONField(default=dict, blank=True)
     weight = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
-    cap = models.PositiveIntegerField(null=True, blank=True)
+    cap = models.PositiveIntegerField(null=True, blank=True, help_text="Hard cap for the arm.")
+    cap_per_stratum = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Hard cap for the arm within each stratum."
+    )
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -147,8 +224,13 @@ class AssignmentCounter(models.Model):
     """One row per (study, stratum): locked FOR UPDATE to hand out allocation positions."""
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="counters")
-    stratum = models.CharField(max_length=60)
+    stratum = models.CharField(max_length=120)
     next_position = models.PositiveIntegerField(default=0)
+    state = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Allocator state: current block, occupied slots per arm, freed slots.",
+    )
 
     class Meta:
         constraints = [
@@ -171,6 +253,15 @@ class Participant(models.Model):
         ABANDONED = "abandoned"
         EXCLUDED = "excluded"
         RETURNED = "returned"
+        TIMED_OUT = "timed_out"
+
+    class Outcome(models.TextChoices):
+        COMPLETED = "completed"
+        SCREENED_OUT = "screened_out"
+        FAILED_ATTENTION = "failed_attention"
+        TIMED_OUT = "timed_out"
+        RETURNED = "returned"
+        ABANDONED = "abandoned"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
@@ -178,12 +269,25 @@ class Participant(models.Model):
     recruiting_source = models.CharField(max_length=10, default="link")
     recruiting_params = models.JSONField(default=dict, blank=True)
     config_version = models.PositiveIntegerField()
+    version = models.ForeignKey(StudyVersion, null=True, blank=True, on_delete=models.PROTECT)
+    attempts = models.JSONField(
+        default=list, blank=True, help_text="One entry per arrival: recruiting session id, time."
+    )
     condition = models.ForeignKey(Condition, null=True, blank=True, on_delete=models.PROTECT)
     document_type = models.CharField(max_length=30, blank=True, choices=Task.DocumentType.choices)
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
     allocation = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.ENTERED)
+    outcome = models.CharField(max_length=20, blank=True, choices=Outcome.choices)
     is_pilot = models.BooleanField(default=False)
+    is_preview = models.BooleanField(
+        default=False, help_text="A researcher's test run: never in exports or analyses."
+    )
+    comprehension_failures = models.PositiveSmallIntegerField(default=0)
+    attention_failures = models.PositiveSmallIntegerField(default=0)
+    excluded_at = models.DateTimeField(null=True, blank=True)
+    exclusion_reason = models.TextField(blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
     entered_at = models.DateTimeField(auto_now_add=True)
     consented_at = models.DateTimeField(null=True, blank=True)
     briefed_at = models.DateTimeField(null=True, blank=True)
@@ -200,18 +304,32 @@ class Participant(models.Model):
                 fields=["study", "external_id"], name="participant_external_id_unique_per_study"
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["entered", "abandoned", "excluded", "returned"])
+                condition=Q(
+                    status__in=["entered", "abandoned", "excluded", "returned", "timed_out"]
+                )
                 | Q(condition__isnull=False),
                 name="participant_past_consent_has_condition",
             ),
             models.CheckConstraint(
                 condition=Q(
-                    status__in=["entered", "consented", "abandoned", "excluded", "returned"]
+                    status__in=[
+                        "entered",
+                        "consented",
+                        "abandoned",
+                        "excluded",
+                        "returned",
+                        "timed_out",
+                    ]
                 )
                 | Q(task__isnull=False),
                 name="participant_past_brief_has_task",
             ),
+            models.CheckConstraint(
+                condition=Q(excluded_at__isnull=True) | ~Q(exclusion_reason=""),
+                name="participant_exclusion_has_reason",
+            ),
         ]
+        indexes = [models.Index(fields=["study", "status"])]
 
     def __str__(self) -> str:
         return f"{self.study.slug}/{self.external_id}"

@@ -78,3 +78,67 @@ def allocation_next(
     counter.next_position = position + 1
     counter.save(update_fields=["next_position"])
     return choose(arms=arms, block_size=block_size, seed=seed, stratum=stratum, position=position)
+
+
+@dataclass(frozen=True)
+class Assigned:
+    """What consent hands the participant: an arm, a document type and the full record."""
+
+    condition_key: str
+    document_type: str
+    record: dict
+
+
+def _stratum_prefix(participant) -> str:
+    # Pilot and preview participants draw from their own sequences: they never move real balance.
+    if participant.is_preview:
+        return "preview/"
+    if participant.is_pilot:
+        return "pilot/"
+    return ""
+
+
+def assign_participant(participant) -> Assigned:
+    """Allocate a document type and an arm for a consenting participant (caller's transaction).
+
+    Interim implementation (fixed permuted blocks, no strata, caps or slot reuse); the full
+    designs replace it behind the same signature.
+    """
+    from studies.services.errors import StudyActionError
+
+    study = participant.study
+    arms = [(c.key, c.weight) for c in study.conditions.filter(is_active=True)]
+    if not arms:
+        raise StudyActionError("no_arms", "This study has no active arms; please come back later.")
+    doc_types = sorted(set(study.tasks.values_list("document_type", flat=True)))
+    if not doc_types:
+        raise StudyActionError("no_tasks", "This study has no tasks yet; please come back later.")
+    prefix = _stratum_prefix(participant)
+    doc = allocation_next(
+        study_id=study.pk,
+        stratum=prefix + "document_type",
+        arms=[(d, 1) for d in doc_types],
+        block_size=len(doc_types),
+        seed=study.seed,
+    )
+    arm = allocation_next(
+        study_id=study.pk,
+        stratum=prefix + "all",
+        arms=arms,
+        block_size=study.block_size,
+        seed=study.seed,
+    )
+    record = {
+        "arm": arm.as_record(),
+        "document_type": doc.as_record(),
+        "arms": [list(a) for a in arms],
+    }
+    return Assigned(arm.choice, doc.choice, record)
+
+
+def release_slot(participant, *, reason: str) -> bool:
+    """Free the participant's slot for the next arrival where the design reuses slots.
+
+    Returns whether a slot was freed. Idempotent. Interim: never frees.
+    """
+    return False

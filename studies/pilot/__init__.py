@@ -1,0 +1,1 @@
+"""Pilot runs: simulated participants through the real flow (HTTP pages + chat websocket)."""

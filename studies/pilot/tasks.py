@@ -1,0 +1,1 @@
+"""Celery entry points for pilot runs (filled in by the pilot runner)."""

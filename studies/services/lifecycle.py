@@ -1,0 +1,43 @@
+"""Study status changes: go live (publishing the config), pause, resume, close."""
+
+from django.db import transaction
+
+from studies.models import Study
+from studies.services.errors import StudyActionError
+from studies.services.events import event_record
+from studies.services.versions import version_publish
+
+S = Study.Status
+ALLOWED = {
+    S.DRAFT: {S.LIVE, S.CLOSED},
+    S.LIVE: {S.PAUSED, S.CLOSED},
+    S.PAUSED: {S.LIVE, S.CLOSED},
+    S.CLOSED: set(),
+}
+
+
+def study_set_status(*, study_id: int, status: str, by: str = "") -> Study:
+    """Move a study to `status`; going live publishes the current configuration as a version."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(pk=study_id)
+        if status == study.status:
+            return study
+        if status not in ALLOWED[S(study.status)]:
+            raise StudyActionError(
+                "bad_transition", f"A {study.status} study cannot become {status}."
+            )
+        if status == S.LIVE:
+            if not study.conditions.filter(is_active=True).exists() or not study.tasks.exists():
+                raise StudyActionError(
+                    "incomplete", "A study needs at least one active arm and one task to go live."
+                )
+            version_publish(study, by=by)
+        previous = study.status
+        study.status = status
+        study.save(update_fields=["status"])
+        event_record(
+            study_id=study.pk,
+            kind="study.status.changed",
+            payload={"from": previous, "to": status, "by": by},
+        )
+    return study
