@@ -241,6 +241,12 @@ class AssignmentCounter(models.Model):
         return f"{self.study_id}:{self.stratum} next={self.next_position}"
 
 
+class ParticipantQuerySet(models.QuerySet):
+    def real(self) -> "ParticipantQuerySet":
+        """Participants that count as data: not pilots, not researcher previews."""
+        return self.filter(is_pilot=False, is_preview=False)
+
+
 class Participant(models.Model):
     class Status(models.TextChoices):
         ENTERED = "entered"
@@ -297,6 +303,8 @@ class Participant(models.Model):
     last_active_at = models.DateTimeField(null=True, blank=True)
     is_visible = models.BooleanField(default=True)
     active_seconds = models.FloatField(default=0.0)
+
+    objects = ParticipantQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -195,6 +195,7 @@ def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
         log_path=LOGS / "web.log", env=env, echo=True,
     )  # fmt: skip
     stack.callback(web.stop)
+    env["SITE_URL"] = f"http://127.0.0.1:{port}"
     # One worker with an embedded beat (periodic housekeeping) is enough for a demo.
     worker_command = ["-m", "celery", "-A", "webapp", "worker", "-l", "info", "--concurrency", "1"]
     worker_command += ["--beat", "--schedule", str(LOCAL / "celerybeat-schedule")]

@@ -138,6 +138,11 @@ CHAT_STALE_STREAM_SECONDS = env.float("CHAT_STALE_STREAM_SECONDS", default=15.0)
 IDLE_THRESHOLD_SECONDS = env.int("IDLE_THRESHOLD_SECONDS", default=60)
 HEARTBEAT_SECONDS = env.int("HEARTBEAT_SECONDS", default=15)
 
+# Where this site is reachable from the worker (pilot runs drive the real pages through it).
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
+# Minutes past a study's time limit after which an unfinished participant counts as timed out.
+TIMEOUT_GRACE_MINUTES = env.int("TIMEOUT_GRACE_MINUTES", default=15)
+
 # The model endpoint that seed_demo gives the three demo arms (the embedded server by default).
 MODEL_BASE_URL = env.str("MODEL_BASE_URL", default="http://127.0.0.1:8081/v1")
 MODEL_NAME = env.str("MODEL_NAME", default="smollm2-135m")
