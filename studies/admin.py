@@ -1,11 +1,15 @@
 """Researcher admin: studies with arms and tasks inline; participants with their full transcript."""
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.db import models
 from django.db.models import Count, Q
 from django.utils.html import format_html, format_html_join
 
-from studies.models import Condition, Event, ModelEndpoint, Participant, Study, Task
+from studies.models import Condition, Event, ModelEndpoint, Participant, Study, StudyVersion, Task
+from studies.services import assignment, exclusions, lifecycle, outcomes, versions
+from studies.services.errors import StudyActionError
 
 
 class ConditionInline(admin.TabularInline):
@@ -21,6 +25,7 @@ class ConditionInline(admin.TabularInline):
         "generation_params",
         "weight",
         "cap",
+        "cap_per_stratum",
         "is_active",
     ]
 
@@ -46,6 +51,82 @@ class StudyAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["title"]}
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [ConditionInline, TaskInline]
+    actions = ["go_live", "pause", "resume", "close", "apply_exclusion_rules"]
+    filter_horizontal = ["linked_studies"]
+    fieldsets = [
+        (None, {"fields": ["slug", "title", "status", "config_version", "consent_text",
+                           "instructions"]}),
+        ("Chat", {"fields": ["min_turns", "max_turns", "rating_every", "time_limit_minutes",
+                             "time_warning_minutes", "min_user_message_chars", "detect_paste"]}),
+        ("Assignment", {"fields": ["design", "block_size", "block_sizes", "stratify_by",
+                                   "reuse_slots", "target_per_arm", "seed"]}),
+        ("Recruiting", {"fields": ["recruiting_source", "completion_redirect_url",
+                                   "completion_code", "screened_out_code",
+                                   "attention_failed_code", "timed_out_code", "linked_studies"]}),
+        ("Quality", {"fields": ["comprehension_questions", "attention_checks",
+                                "attention_fail_threshold", "exclusion_rules",
+                                "abandon_after_minutes"]}),
+    ]  # fmt: skip
+
+    def get_readonly_fields(self, request, obj=None):
+        # Status changes go through the actions (going live publishes the configuration).
+        return ["config_version", "status"] if obj is not None else ["config_version"]
+
+    def save_related(self, request, form, formsets, change) -> None:
+        super().save_related(request, form, formsets, change)
+        study = form.instance
+        before = study.config_version
+        version = versions.version_publish(study, by=request.user.get_username())
+        if change and version.number != before:
+            self.message_user(
+                request,
+                f"Saved as configuration version {version.number}; participants who entered "
+                f"earlier keep version {before}.",
+                messages.INFO,
+            )
+        problems = getattr(assignment, "design_problems", lambda s: [])(study)
+        problems += exclusions.rules_problems(study.exclusion_rules or {})
+        for problem in problems:
+            self.message_user(request, f"Check the design: {problem}", messages.WARNING)
+
+    def _set_status(self, request, queryset, status: str) -> None:
+        for study in queryset:
+            try:
+                lifecycle.study_set_status(
+                    study_id=study.pk, status=status, by=request.user.get_username()
+                )
+            except StudyActionError as exc:
+                self.message_user(request, f"{study.slug}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{study.slug} is now {status}.", messages.SUCCESS)
+
+    @admin.action(description="Go live (publishes the configuration)")
+    def go_live(self, request, queryset) -> None:
+        self._set_status(request, queryset.exclude(status=Study.Status.PAUSED), "live")
+
+    @admin.action(description="Pause (no new participants)")
+    def pause(self, request, queryset) -> None:
+        self._set_status(request, queryset, "paused")
+
+    @admin.action(description="Resume")
+    def resume(self, request, queryset) -> None:
+        self._set_status(request, queryset.filter(status=Study.Status.PAUSED), "live")
+
+    @admin.action(description="Close")
+    def close(self, request, queryset) -> None:
+        self._set_status(request, queryset, "closed")
+
+    @admin.action(description="Apply exclusion rules to completed participants")
+    def apply_exclusion_rules(self, request, queryset) -> None:
+        for study in queryset:
+            try:
+                marked = exclusions.exclusions_apply(
+                    study_id=study.pk, by=request.user.get_username()
+                )
+            except ValueError as exc:
+                self.message_user(request, f"{study.slug}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{study.slug}: {len(marked)} participant(s) excluded.")
 
     def get_queryset(self, request):
         return (
@@ -71,6 +152,53 @@ class StudyAdmin(admin.ModelAdmin):
         return obj._done
 
 
+@admin.register(StudyVersion)
+class StudyVersionAdmin(admin.ModelAdmin):
+    """Frozen configurations; each shows what changed since the one before it."""
+
+    list_display = ["study", "number", "created_at", "created_by", "n_participants"]
+    list_filter = ["study"]
+    fields = ["study", "number", "created_at", "created_by", "changes", "config"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_n=Count("participant"))
+
+    @admin.display(description="participants", ordering="_n")
+    def n_participants(self, obj: StudyVersion) -> int:
+        return obj._n
+
+    @admin.display(description="changes since the previous version")
+    def changes(self, obj: StudyVersion) -> str:
+        previous = obj.study.versions.filter(number__lt=obj.number).order_by("-number").first()
+        rows = versions.version_diff(previous, obj)
+        if not rows:
+            return "-"
+        body = format_html_join(
+            "",
+            "<tr><th scope='row'><code>{}</code></th><td>{}</td><td>{}</td></tr>",
+            ((path, "—" if old is None else old, "—" if new is None else new)
+             for path, old, new in rows),
+        )  # fmt: skip
+        return format_html(
+            "<table><caption>v{} → v{}</caption><thead><tr><th scope='col'>setting</th>"
+            "<th scope='col'>before</th><th scope='col'>after</th></tr></thead>"
+            "<tbody>{}</tbody></table>",
+            previous.number if previous else 0,
+            obj.number,
+            body,
+        )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(ModelEndpoint)
 class ModelEndpointAdmin(admin.ModelAdmin):
     list_display = ["name", "base_url", "served_model", "health", "health_checked_at"]
@@ -88,6 +216,10 @@ class EventInline(admin.TabularInline):
         return False
 
 
+class ReasonActionForm(ActionForm):
+    reason = forms.CharField(required=False, label="Reason (for exclusions)")
+
+
 @admin.register(Participant)
 class ParticipantAdmin(admin.ModelAdmin):
     list_display = [
@@ -95,12 +227,25 @@ class ParticipantAdmin(admin.ModelAdmin):
         "study",
         "condition",
         "status",
+        "outcome",
         "document_type",
         "entered_at",
         "active_seconds",
+        "excluded_at",
         "is_pilot",
+        "is_preview",
     ]
-    list_filter = ["study", "status", "condition__key", "is_pilot"]
+    list_filter = [
+        "study",
+        "status",
+        "outcome",
+        "condition__key",
+        "is_pilot",
+        "is_preview",
+        ("excluded_at", admin.EmptyFieldListFilter),
+    ]
+    action_form = ReasonActionForm
+    actions = ["mark_returned", "mark_timed_out", "exclude_with_reason"]
     search_fields = ["external_id", "public_id"]
     list_select_related = ["study", "condition"]
     readonly_fields = [
@@ -110,16 +255,24 @@ class ParticipantAdmin(admin.ModelAdmin):
         "recruiting_source",
         "recruiting_params",
         "config_version",
+        "version",
+        "attempts",
         "condition",
         "document_type",
         "task",
         "allocation",
+        "outcome",
+        "comprehension_failures",
+        "attention_failures",
+        "excluded_at",
+        "exclusion_reason",
         "entered_at",
         "consented_at",
         "briefed_at",
         "chat_started_at",
         "chat_finished_at",
         "completed_at",
+        "ended_at",
         "last_active_at",
         "active_seconds",
         "wall_time",
@@ -127,8 +280,43 @@ class ParticipantAdmin(admin.ModelAdmin):
         "transcript",
         "final",
     ]
-    fields = [*readonly_fields[:20], "status", "is_pilot", *readonly_fields[20:]]
+    # Every change goes through an action (services keep slots, events and outcomes right).
+    _at = readonly_fields.index("outcome")
+    fields = [*readonly_fields[:_at], "status", "is_pilot", "is_preview", *readonly_fields[_at:]]
+    readonly_fields = fields
     inlines = [EventInline]
+
+    def _end(self, request, queryset, outcome: str) -> None:
+        done = 0
+        for participant in queryset:
+            try:
+                outcomes.participant_end(
+                    participant_id=participant.pk, outcome=outcome, by=request.user.get_username()
+                )
+                done += 1
+            except StudyActionError as exc:
+                self.message_user(request, f"{participant}: {exc.message}", messages.WARNING)
+        self.message_user(request, f"{done} participant(s) marked {outcome}.")
+
+    @admin.action(description="Mark returned (frees the slot where the design says so)")
+    def mark_returned(self, request, queryset) -> None:
+        self._end(request, queryset, Participant.Outcome.RETURNED)
+
+    @admin.action(description="Mark timed out (frees the slot where the design says so)")
+    def mark_timed_out(self, request, queryset) -> None:
+        self._end(request, queryset, Participant.Outcome.TIMED_OUT)
+
+    @admin.action(description="Exclude from analyses with the reason given (keeps all data)")
+    def exclude_with_reason(self, request, queryset) -> None:
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            self.message_user(request, "Give a reason for the exclusion.", messages.ERROR)
+            return
+        for participant in queryset:
+            outcomes.participant_exclude(
+                participant_id=participant.pk, reason=reason, by=request.user.get_username()
+            )
+        self.message_user(request, f"{queryset.count()} participant(s) excluded: {reason}")
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("study", "condition", "task")

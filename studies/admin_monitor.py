@@ -1,5 +1,130 @@
-"""The live monitor in the admin (filled in by the monitor work)."""
+"""The live monitor in the admin: a page, its polled partial, and pause/resume/close/pilot actions."""
+
+from functools import partial
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from studies import monitor
+from studies.models import Study
+from studies.services.access import access_link
+from studies.services.errors import StudyActionError
+from studies.services.lifecycle import study_set_status
+
+ACTIONS = {"paused": "paused", "live": "resumed", "closed": "closed"}
+
+
+class PilotForm(forms.Form):
+    participants = forms.IntegerField(min_value=1, max_value=200, initial=10)
+    concurrency = forms.IntegerField(min_value=1, max_value=50, initial=5)
 
 
 def monitor_urls(model_admin) -> list:
-    return []
+    """URL patterns under /admin/studies/study/<id>/monitor/, each behind the admin's login."""
+    wrap = model_admin.admin_site.admin_view
+    name = f"{model_admin.opts.app_label}_{model_admin.opts.model_name}_monitor"
+    return [
+        path(
+            "<int:study_id>/monitor/",
+            wrap(partial(monitor_page, model_admin=model_admin)),
+            name=name,
+        ),
+        path(
+            "<int:study_id>/monitor/status/",
+            wrap(partial(monitor_status, model_admin=model_admin)),
+            name=f"{name}_status",
+        ),
+        path(
+            "<int:study_id>/monitor/pilot/",
+            wrap(partial(monitor_pilot, model_admin=model_admin)),
+            name=f"{name}_pilot",
+        ),
+    ]
+
+
+def _study(request: HttpRequest, study_id: int, model_admin, *, change: bool) -> Study:
+    study = get_object_or_404(Study, pk=study_id)
+    allowed = (
+        model_admin.has_change_permission(request, study)
+        if change
+        else model_admin.has_view_permission(request, study)
+    )
+    if not allowed:
+        raise PermissionDenied
+    return study
+
+
+def _monitor_url(study: Study, population: str = "real") -> str:
+    url = reverse("admin:studies_study_monitor", args=[study.pk])
+    return url if population == "real" else f"{url}?who={population}"
+
+
+@require_GET
+def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
+    """The monitor page; an HTMX poll gets just the live partial."""
+    study = _study(request, study_id, model_admin, change=False)
+    snapshot = monitor.monitor_snapshot(study, population=request.GET.get("who", "real"))
+    context = {
+        "snap": snapshot,
+        "study": study,
+        "poll_url": _monitor_url(study, snapshot.population),
+        "can_change": model_admin.has_change_permission(request, study),
+    }
+    if request.htmx:
+        return render(request, "admin/studies/monitor.html#monitor-live", context)
+    context |= {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": f"Monitor: {study.title}",
+        "population_links": [(p, _monitor_url(study, p)) for p in monitor.POPULATIONS],
+        "preview_link": request.build_absolute_uri(access_link(study, "preview")),
+        "pilot_link": request.build_absolute_uri(access_link(study, "pilot")),
+        "pilot_form": PilotForm(),
+    }
+    return render(request, "admin/studies/monitor.html", context)
+
+
+@require_POST
+def monitor_status(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
+    """Pause, resume or close the study from the monitor."""
+    study = _study(request, study_id, model_admin, change=True)
+    status = request.POST.get("status", "")
+    if status not in ACTIONS:
+        messages.error(request, "Unknown action.")
+    else:
+        try:
+            study_set_status(study_id=study.pk, status=status, by=request.user.get_username())
+        except StudyActionError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"The study is {ACTIONS[status]}.")
+    return HttpResponseRedirect(_monitor_url(study))
+
+
+@require_POST
+def monitor_pilot(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
+    """Enqueue a pilot run of simulated participants."""
+    study = _study(request, study_id, model_admin, change=True)
+    form = PilotForm(request.POST)
+    if not form.is_valid():
+        errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+        messages.error(request, f"Pilot not started ({errors}).")
+        return HttpResponseRedirect(_monitor_url(study))
+    try:
+        # Imported here: the pilot runner is an optional worker-side module.
+        from studies.pilot.tasks import run_pilot
+    except ImportError:
+        messages.error(request, "The pilot runner is not installed on this server.")
+        return HttpResponseRedirect(_monitor_url(study))
+    run_pilot.delay(study_id=study.pk, **form.cleaned_data)
+    messages.success(
+        request,
+        "Pilot queued: {participants} simulated participants, {concurrency} at a time. "
+        "Switch to 'pilot' to watch them.".format(**form.cleaned_data),
+    )
+    return HttpResponseRedirect(_monitor_url(study, "pilot"))

@@ -66,6 +66,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "retry": self._retry,
             "rating": self._rating,
             "presence": self._presence,
+            "paste": self._paste,
             "sync": self._resync,
         }.get(content["type"])
         if handler is None:
@@ -123,6 +124,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await database_sync_to_async(activity.activity_record)(
             participant_id=self.participant_id, signal=signal
         )
+
+    async def _paste(self, content: dict) -> None:
+        try:
+            await database_sync_to_async(activity.paste_record)(
+                participant_id=self.participant_id, chars=content.get("chars")
+            )
+        except ValueError as exc:
+            raise StudyActionError(
+                "malformed", "The page sent an unreadable paste notice."
+            ) from exc
 
     async def _resync(self, content: dict) -> None:
         await self.send_json(await self._state())

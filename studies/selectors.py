@@ -3,11 +3,14 @@
 import os
 from dataclasses import dataclass
 
+from django.utils import timezone
+
 from models_serving.client import EndpointSpec
 from models_serving.prompts import load_prompt
 from studies.models import Message, Participant, Study, Task
 from studies.services.participants import completed_turns
 from studies.services.rendering import render_markdown
+from studies.services.turns import chat_deadline, time_is_up
 
 M = Message.Status
 
@@ -89,6 +92,9 @@ def chat_state(*, participant_id: int) -> dict:
     study = participant.study
     messages = list(participant.messages.order_by("id"))
     done = completed_turns(participant_id)
+    deadline = chat_deadline(participant)
+    time_up = time_is_up(participant)
+    chatting = participant.status == Participant.Status.CHATTING
     return {
         "type": "state",
         "status": participant.status,
@@ -96,6 +102,12 @@ def chat_state(*, participant_id: int) -> dict:
         "completed_turns": done,
         "min_turns": study.min_turns,
         "max_turns": study.max_turns,
+        "min_chars": study.min_user_message_chars,
+        "detect_paste": study.detect_paste,
         "rating_due": done if participant.status == Participant.Status.RATING_DUE else None,
-        "can_finish": participant.status == Participant.Status.CHATTING and done >= study.min_turns,
+        "can_finish": chatting and (done >= study.min_turns or time_up),
+        "deadline": deadline.isoformat() if deadline else None,
+        "seconds_left": max(0.0, (deadline - timezone.now()).total_seconds()) if deadline else None,
+        "warning_seconds": study.time_warning_minutes * 60,
+        "time_up": time_up,
     }

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from studies.models import Participant
 
 P = Participant.Status
-CHAT_STATUSES = frozenset({P.BRIEFED, P.CHATTING, P.RATING_DUE})
+CHAT_STATUSES = frozenset({P.CHATTING, P.RATING_DUE})
 
 
 def _key(slug: str) -> str:

@@ -7,6 +7,7 @@ urlpatterns = [
     path("s/<slug:slug>/", views.entry, name="entry"),
     path("s/<slug:slug>/consent/", views.consent, name="consent"),
     path("s/<slug:slug>/brief/", views.brief, name="brief"),
+    path("s/<slug:slug>/check/", views.check, name="check"),
     path("s/<slug:slug>/chat/", views.chat, name="chat"),
     path("s/<slug:slug>/finish/", views.finish, name="finish"),
     path("s/<slug:slug>/final/", views.final, name="final"),

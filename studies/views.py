@@ -5,10 +5,12 @@ from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from studies import selectors
 from studies.models import Participant, Study
+from studies.services import access, outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.sessions import session_bind, session_participant_id
@@ -64,17 +66,22 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
     source, external_id, params = _recruiting(request)
     if request.GET.get("assignmentId") == MTURK_PREVIEW:
         return render(request, "studies/preview.html", {"study": study})
+    kind = access.access_kind(study, request.GET)
+    if kind is None and any(k in request.GET for k in access.KINDS):
+        return _closed(request, study, _("This test link is invalid or has expired."), status=403)
+    if kind is not None:
+        source, external_id, params = kind, None, {}
     if external_id is None:
         pid = session_participant_id(request.session, slug)
         if pid is not None:
             return redirect(_step_url(selectors.participant_for_page(pid)))
-        if study.recruiting_source != Study.Source.LINK:
+        if kind is None and study.recruiting_source != Study.Source.LINK:
             return _closed(
-                request, study, "Please open this study from your recruiting platform's link."
+                request, study, _("Please open this study from your recruiting platform's link.")
             )
     try:
         entered = svc.participant_enter(
-            study=study, external_id=external_id, source=source, params=params
+            study=study, external_id=external_id, source=source, params=params, kind=kind
         )
     except StudyActionError as exc:
         return _closed(request, study, exc.message)
@@ -146,6 +153,49 @@ def brief(request: HttpRequest, slug: str) -> HttpResponse:
     return render(request, template, context, status=400 if error else 200)
 
 
+class CheckForm(forms.Form):
+    """Multiple-choice questions (comprehension or attention): field qN, value = choice index."""
+
+    def __init__(self, questions: list[dict], *args, prefix_name: str = "q", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.names = [f"{prefix_name}{i}" for i in range(len(questions))]
+        for name, question in zip(self.names, questions, strict=True):
+            self.fields[name] = forms.TypedChoiceField(
+                label=question["question"],
+                choices=list(enumerate(question["choices"])),
+                coerce=int,
+                widget=forms.RadioSelect,
+            )
+
+    def answers(self) -> list[int | None]:
+        return [self.cleaned_data.get(name) for name in self.names]
+
+
+@require_http_methods(["GET", "POST"])
+def check(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = _at_step(request, slug, "check")
+    if isinstance(participant, HttpResponse):
+        return participant
+    questions = participant.study.comprehension_questions
+    form = CheckForm(questions, request.POST or None)
+    error = None
+    if request.method == "POST":
+        answers = form.answers() if form.is_valid() else [None] * len(questions)
+        result = svc.participant_check_comprehension(participant_id=participant.pk, answers=answers)
+        if result.passed:
+            return redirect("studies:chat", slug)
+        if result.screened_out:
+            return redirect("studies:closed", slug)
+        error = _(
+            "Some answers were not right. Please read the task again; you have one more attempt."
+        )
+        form = CheckForm(questions)
+    context = {"participant": participant, "study": participant.study, "form": form}
+    return render(
+        request, "studies/check.html", context | {"error": error}, status=400 if error else 200
+    )
+
+
 def _chat_context(participant: Participant) -> dict:
     return {
         "participant": participant,
@@ -210,11 +260,14 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
     participant = _at_step(request, slug, "final")
     if isinstance(participant, HttpResponse):
         return participant
+    checks = participant.study.attention_checks
     form = FinalForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    attention = CheckForm(checks, request.POST or None, prefix_name="attention_")
+    if request.method == "POST" and form.is_valid() and attention.is_valid():
         try:
             svc.participant_submit_final(
-                participant_id=participant.pk, answers=svc.FinalAnswers(**form.cleaned_data)
+                participant_id=participant.pk,
+                answers=svc.FinalAnswers(**form.cleaned_data, attention=tuple(attention.answers())),
             )
         except StudyActionError as exc:
             form.add_error(None, exc.message)
@@ -224,7 +277,12 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "studies/final.html",
-        {"participant": participant, "study": participant.study, "form": form},
+        {
+            "participant": participant,
+            "study": participant.study,
+            "form": form,
+            "attention": attention,
+        },
         status=status,
     )
 
@@ -237,12 +295,36 @@ def done(request: HttpRequest, slug: str) -> HttpResponse:
     context = {
         "participant": participant,
         "study": participant.study,
+        "code": outcomes.outcome_code(participant),
         "redirect_url": svc.completion_redirect(participant),
     }
     return render(request, "studies/done.html", context)
 
 
+ENDED_MESSAGES = {
+    Participant.Outcome.SCREENED_OUT: _(
+        "Thank you. Your answers to the check did not match the task, so this study ends here."
+    ),
+    Participant.Outcome.TIMED_OUT: _("The time for this study has run out. Thank you."),
+    Participant.Outcome.RETURNED: _("You returned this study. Thank you for your interest."),
+    Participant.Outcome.ABANDONED: _(
+        "This session ended after a long time without activity. Thank you."
+    ),
+}
+
+
 @require_GET
 def closed(request: HttpRequest, slug: str) -> HttpResponse:
     study = _study(slug)
-    return _closed(request, study, "Your participation in this study has ended. Thank you.")
+    pid = session_participant_id(request.session, slug)
+    participant = selectors.participant_for_page(pid) if pid is not None else None
+    if participant is None or participant.outcome not in ENDED_MESSAGES:
+        return _closed(request, study, _("Your participation in this study has ended. Thank you."))
+    context = {
+        "participant": participant,
+        "study": study,
+        "message": ENDED_MESSAGES[participant.outcome],
+        "code": outcomes.outcome_code(participant),
+        "redirect_url": svc.completion_redirect(participant),
+    }
+    return render(request, "studies/done.html", context)

@@ -37,6 +37,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -92,6 +93,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-replies": {"task": "studies.tasks.reap_stale_replies", "schedule": 60.0},
+    "time-out-participants": {"task": "studies.tasks.time_out_participants", "schedule": 60.0},
+    "abandon-stale-participants": {
+        "task": "studies.tasks.abandon_stale_participants",
+        "schedule": 60.0,
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -101,7 +107,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+# Participant-facing text is marked for translation (templates, forms, messages, chat.js);
+# add a language here and its catalog under locale/ (`manage.py makemessages -l de -d django`
+# and `-d djangojs`, then `compilemessages`).
+LANGUAGES = [("en", "English")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -49,3 +49,22 @@ def activity_record(
             payload=payload or {},
         )
     return participant
+
+
+MAX_PASTE_CHARS = 1_000_000
+
+
+def paste_record(*, participant_id: int, chars: int) -> bool:
+    """Record that the participant pasted text into the chat box (when the study detects pastes)."""
+    if not isinstance(chars, int) or isinstance(chars, bool) or not 0 <= chars <= MAX_PASTE_CHARS:
+        raise ValueError("paste length must be a non-negative integer")
+    participant = Participant.objects.select_related("study").get(pk=participant_id)
+    if not participant.study.detect_paste:
+        return False
+    event_record(
+        study_id=participant.study_id,
+        participant_id=participant.pk,
+        kind="study.chat.paste",
+        payload={"chars": chars},
+    )
+    return True

@@ -12,17 +12,18 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from studies.models import FinalSurvey, Message, Participant, Study, Task
-from studies.services import assignment
+from studies.services import assignment, outcomes
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
+from studies.services.turns import time_is_up
 from studies.services.versions import version_latest
 
 P = Participant.Status
 STEP_BY_STATUS = {
     P.ENTERED: "consent",
     P.CONSENTED: "brief",
-    P.BRIEFED: "chat",
+    P.BRIEFED: "check",
     P.CHATTING: "chat",
     P.RATING_DUE: "chat",
     P.FINAL: "final",
@@ -210,16 +211,79 @@ def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Par
             )
             for i, (q, a) in enumerate(zip(questions, cleaned, strict=True))
         )
-        participant.status = P.CHATTING
-        participant.briefed_at = participant.chat_started_at = now
-        fields = activity_apply(participant, signal="page", now=now)
-        participant.save(update_fields=["status", "briefed_at", "chat_started_at", *fields])
+        participant.briefed_at = now
+        fields = ["status", "briefed_at", *activity_apply(participant, signal="page", now=now)]
+        if participant.study.comprehension_questions:
+            participant.status = P.BRIEFED
+        else:
+            participant.status = P.CHATTING
+            participant.chat_started_at = now
+            fields.append("chat_started_at")
+        participant.save(update_fields=fields)
         event_record(
             study_id=participant.study_id,
             participant_id=participant.pk,
             kind="study.participant.briefed",
         )
     return participant
+
+
+COMPREHENSION_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    passed: bool
+    attempts_left: int
+    wrong: list[int]
+
+    @property
+    def screened_out(self) -> bool:
+        return not self.passed and self.attempts_left == 0
+
+
+def answers_wrong(questions: list[dict], answers: list[int | None]) -> list[int]:
+    """Indexes of the questions whose answer is missing or not the keyed choice."""
+    padded = [*answers, *[None] * (len(questions) - len(answers))]
+    return [i for i, q in enumerate(questions) if padded[i] != q.get("answer")]
+
+
+def participant_check_comprehension(
+    *, participant_id: int, answers: list[int | None]
+) -> CheckResult:
+    """Score the comprehension check: pass opens the chat; a second failure screens them out.
+
+    Failures are committed (not rolled back by an error), so a reload cannot buy extra attempts.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        participant = _locked(participant_id, expected={P.BRIEFED})
+        wrong = answers_wrong(participant.study.comprehension_questions, answers)
+        if not wrong:
+            participant.status = P.CHATTING
+            participant.chat_started_at = now
+            fields = ["status", "chat_started_at"]
+        else:
+            participant.comprehension_failures += 1
+            fields = ["comprehension_failures"]
+        participant.save(update_fields=fields + activity_apply(participant, signal="page", now=now))
+        attempts_left = max(0, COMPREHENSION_ATTEMPTS - participant.comprehension_failures)
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.check.passed" if not wrong else "study.check.failed",
+            payload={
+                "attempt": participant.comprehension_failures + (0 if wrong else 1),
+                "wrong": wrong,
+            },
+        )
+        if wrong and attempts_left == 0:
+            outcomes.participant_end(
+                participant_id=participant.pk,
+                outcome=Participant.Outcome.SCREENED_OUT,
+                reason="failed the comprehension check twice",
+            )
+    return CheckResult(passed=not wrong, attempts_left=attempts_left, wrong=wrong)
 
 
 def completed_turns(participant_id: int) -> int:
@@ -234,7 +298,8 @@ def participant_finish_chat(*, participant_id: int) -> Participant:
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.CHATTING})
         done = completed_turns(participant.pk)
-        if done < participant.study.min_turns:
+        time_up = time_is_up(participant)
+        if done < participant.study.min_turns and not time_up:
             raise StudyActionError(
                 "too_few_turns",
                 f"Please complete at least {participant.study.min_turns} turns (you have {done}).",
@@ -249,7 +314,7 @@ def participant_finish_chat(*, participant_id: int) -> Participant:
             study_id=participant.study_id,
             participant_id=participant.pk,
             kind="study.chat.finished",
-            payload={"turns": done},
+            payload={"turns": done, "time_up": time_up},
         )
     return participant
 
@@ -261,10 +326,15 @@ class FinalAnswers:
     overall_interaction: int
     strengths: str
     weaknesses: str
+    attention: tuple[int | None, ...] = ()
 
 
 def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> Participant:
-    """Store the final document and survey and complete the participant."""
+    """Store the final document and survey, score attention checks and complete the participant.
+
+    Failing the attention checks still completes the participant (their data are kept); the
+    outcome selects the code they are shown, and exclusion rules can mark them later.
+    """
     if len(answers.document_text) > MAX_DOCUMENT_CHARS:
         raise StudyActionError(
             "too_long", f"The document is limited to {MAX_DOCUMENT_CHARS} characters."
@@ -272,15 +342,32 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
     now = timezone.now()
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.FINAL})
-        FinalSurvey.objects.create(participant=participant, **asdict(answers))
+        checks = participant.study.attention_checks
+        wrong = answers_wrong(checks, list(answers.attention))
+        survey = asdict(answers)
+        attention = survey.pop("attention")
+        FinalSurvey.objects.create(
+            participant=participant,
+            **survey,
+            extra_answers={"attention": list(attention)} if checks else {},
+        )
+        threshold = min(participant.study.attention_fail_threshold, len(checks))
+        failed = bool(checks) and len(wrong) >= max(1, threshold)
+        participant.attention_failures = len(wrong)
+        participant.outcome = (
+            Participant.Outcome.FAILED_ATTENTION if failed else Participant.Outcome.COMPLETED
+        )
         participant.status = P.COMPLETED
         participant.completed_at = now
         fields = activity_apply(participant, signal="page", now=now)
-        participant.save(update_fields=["status", "completed_at", *fields])
+        participant.save(
+            update_fields=["status", "completed_at", "outcome", "attention_failures", *fields]
+        )
         event_record(
             study_id=participant.study_id,
             participant_id=participant.pk,
             kind="study.participant.completed",
+            payload={"outcome": participant.outcome, "attention_wrong": wrong},
         )
     return participant
 
@@ -289,12 +376,17 @@ PROLIFIC_COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc={cod
 
 
 def completion_redirect(participant: Participant) -> str | None:
-    """The recruiting platform's completion URL for this participant, if there is one.
+    """The recruiting platform's completion URL for this participant's outcome, if there is one.
 
-    Prolific studies get Prolific's own completion address unless the study sets another.
+    Prolific studies get Prolific's own completion address unless the study sets another; the
+    code is the one for the participant's outcome (completed, screened out, failed attention
+    checks, timed out). Preview and pilot participants are never sent to a platform.
     """
+    code = outcomes.outcome_code(participant)
+    if code is None or participant.is_preview or participant.is_pilot:
+        return None
     study = participant.study
     url = study.completion_redirect_url
     if not url and participant.recruiting_source == Study.Source.PROLIFIC:
         url = PROLIFIC_COMPLETION_URL
-    return url.replace("{code}", study.completion_code) if url else None
+    return url.replace("{code}", code) if url else None

@@ -7,7 +7,7 @@ text is then checkpointed every ~1-2 s and written once more on completion. No w
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -19,6 +19,7 @@ from studies.models import Message, Participant, TurnRating
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
+from studies.services.versions import arm_settings
 
 P = Participant.Status
 M = Message.Status
@@ -35,7 +36,7 @@ class TurnStarted:
 def _lock(participant_id: int) -> Participant:
     return (
         Participant.objects.select_for_update(of=("self",))
-        .select_related("study", "condition__endpoint")
+        .select_related("study", "condition__endpoint", "version")
         .get(pk=participant_id)
     )
 
@@ -64,20 +65,37 @@ def _turn_stats(participant: Participant, *, key: uuid.UUID, since) -> dict:
 
 
 def _assistant_placeholder(participant: Participant, *, turn_index: int, attempt: int) -> Message:
+    """The reply row, pinned to the arm as frozen in the participant's study version."""
     condition = participant.condition
     assert condition is not None
-    prompt = load_prompt(condition.system_prompt, condition.prompt_version or None)
+    frozen = arm_settings(participant) or {
+        f: getattr(condition, f)
+        for f in ("model_name", "system_prompt", "prompt_version", "generation_params")
+    }
+    prompt = load_prompt(frozen["system_prompt"], frozen["prompt_version"] or None)
     return Message.objects.create(
         participant=participant,
         turn_index=turn_index,
         role=Message.Role.ASSISTANT,
         attempt=attempt,
         status=M.STREAMING,
-        model=condition.model_name or condition.endpoint.served_model,
+        model=frozen["model_name"] or condition.endpoint.served_model,
         endpoint_url=condition.endpoint.base_url,
         prompt_ref=prompt.ref,
-        generation_params=condition.generation_params,
+        generation_params=frozen["generation_params"],
     )
+
+
+def chat_deadline(participant: Participant) -> datetime | None:
+    """When the study's time limit ends this participant's chat (None: no limit)."""
+    minutes = participant.study.time_limit_minutes
+    start = participant.chat_started_at
+    return start + timedelta(minutes=minutes) if minutes and start else None
+
+
+def time_is_up(participant: Participant, now: datetime | None = None) -> bool:
+    deadline = chat_deadline(participant)
+    return deadline is not None and (now or timezone.now()) >= deadline
 
 
 def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted:
@@ -96,6 +114,16 @@ def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted
         if stats["replay"] is not None:
             return TurnStarted(Message.objects.get(pk=stats["replay"]), None, replayed=True)
         _require_chatting(participant, streaming=stats["streaming"] > 0)
+        if time_is_up(participant, now):
+            raise StudyActionError(
+                "time_up", "Your time for the chat is up; please continue to the final questions."
+            )
+        shortest = participant.study.min_user_message_chars
+        if len(text) < shortest:
+            raise StudyActionError(
+                "too_short",
+                f"Please write at least {shortest} characters so the assistant can help you.",
+            )
         last_turn, done = stats["last_turn"] or 0, stats["done"]
         if done < last_turn:  # every turn gets its reply row at once, so this one failed
             raise StudyActionError("retry_needed", "The last reply did not finish; retry it first.")

@@ -5,14 +5,20 @@
   const root = document.getElementById("chat");
   if (!root) return;
   const $ = (id) => document.getElementById(id);
+  // Django's JavaScript catalog (jsi18n) provides gettext/interpolate; plain English without it.
+  const t = window.gettext || ((s) => s);
+  const fmt = (s, values) => (window.interpolate ? window.interpolate(t(s), values, true)
+    : t(s).replace(/%\((\w+)\)s/g, (_, k) => values[k]));
   const list = $("messages"), composer = $("composer"), textarea = $("composer-text");
   const rating = $("rating"), finish = $("finish"), alerts = $("alerts");
   const connection = $("connection"), progress = $("progress"), announcer = $("announcer");
+  const clock = $("clock"), counter = $("char-count");
   const draftKey = "draft:" + root.dataset.slug;
   const heartbeatMs = 1000 * Number(root.dataset.heartbeat || 15);
   const bubbles = new Map(); // message id -> {el, text, status}
   let socket = null, retryDelay = 500, pending = null, ratingDue = null, streaming = false;
   let lastInput = Date.now(), lastFrame = Date.now(), announced = new Map();
+  let minChars = 0, deadline = null, warningMs = 0, warned = false, timeUp = false;
 
   textarea.value = localStorage.getItem(draftKey) || "";
   textarea.addEventListener("input", () => localStorage.setItem(draftKey, textarea.value));
@@ -22,7 +28,7 @@
     socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
     socket.onopen = () => {
       retryDelay = 500;
-      connection.textContent = "Connected.";
+      connection.textContent = t("Connected.");
       root.dataset.connected = "true";
       if (pending) send(pending); // same idempotency key: the server will not store it twice
       presence(document.hidden ? "hidden" : "visible");
@@ -31,7 +37,7 @@
     socket.onclose = (event) => {
       root.dataset.connected = "false";
       if (event.code === 4403) { location.reload(); return; }
-      connection.textContent = "Reconnecting… your messages are safe.";
+      connection.textContent = t("Reconnecting… your messages are safe.");
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 8000);
     };
@@ -51,7 +57,7 @@
       li.dataset.id = m.id;
       const who = document.createElement("span");
       who.className = "who";
-      who.textContent = m.role === "user" ? "You" : "Assistant";
+      who.textContent = m.role === "user" ? t("You") : t("Assistant");
       const body = document.createElement("div");
       body.className = "body";
       li.append(who, body);
@@ -78,10 +84,10 @@
     const box = document.createElement("div");
     box.className = "failure";
     const p = document.createElement("p");
-    p.textContent = m.message || "The assistant's reply did not finish.";
+    p.textContent = m.message || t("The assistant's reply did not finish.");
     const retry = document.createElement("button");
     retry.type = "button";
-    retry.textContent = "Retry this reply";
+    retry.textContent = t("Retry this reply");
     retry.className = "retry";
     retry.onclick = () => { retry.disabled = true; send({ type: "retry", message_id: m.id }); };
     box.append(p, retry);
@@ -103,12 +109,47 @@
   function setControls(state) {
     ratingDue = state.rating_due;
     streaming = [...bubbles.values()].some((b) => b.status === "streaming");
+    minChars = state.min_chars || 0;
+    timeUp = Boolean(state.time_up);
+    if (state.seconds_left !== null && state.seconds_left !== undefined) {
+      deadline = Date.now() + 1000 * state.seconds_left;
+      warningMs = 1000 * (state.warning_seconds || 0);
+    }
     rating.hidden = ratingDue === null || ratingDue === undefined;
-    composer.hidden = !rating.hidden || state.status !== "chatting";
+    composer.hidden = !rating.hidden || state.status !== "chatting" || timeUp;
     textarea.disabled = $("send").disabled = streaming;
     finish.hidden = !state.can_finish || streaming;
-    progress.textContent = "Turns completed: " + state.completed_turns + " of at least " + state.min_turns + ".";
+    progress.textContent = fmt("Turns completed: %(done)s of at least %(min)s.",
+      { done: state.completed_turns, min: state.min_turns });
+    if (timeUp) showTimeUp();
+    updateCount();
     if (!rating.hidden) rating.querySelector("button").focus();
+  }
+
+  function updateCount() {
+    if (!counter) return;
+    const n = textarea.value.trim().length;
+    counter.textContent = minChars > n
+      ? fmt("%(n)s characters; at least %(min)s needed.", { n: n, min: minChars }) : "";
+  }
+
+  function showTimeUp() {
+    clock.hidden = false;
+    clock.textContent = t("Your time for the chat is up. Please continue to the final questions.");
+    composer.hidden = true;
+    if (!streaming) { finish.hidden = false; }
+  }
+
+  function tick() {
+    if (deadline === null || timeUp) return;
+    const left = deadline - Date.now();
+    if (left <= 0) { timeUp = true; send({ type: "sync" }); showTimeUp(); return; }
+    if (left <= warningMs) {
+      const minutes = Math.ceil(left / 60000);
+      clock.hidden = false;
+      clock.textContent = fmt("About %(m)s minute(s) left for the chat.", { m: minutes });
+      if (!warned) { warned = true; alerts.textContent = clock.textContent; }
+    }
   }
 
   let last = {};
@@ -154,8 +195,18 @@
     event.preventDefault();
     const text = textarea.value.trim();
     if (!text || pending) return;
+    if (text.length < minChars) {
+      alerts.textContent = fmt("Please write at least %(min)s characters so the assistant can help you.", { min: minChars });
+      return;
+    }
     pending = { type: "send", text: text, key: crypto.randomUUID() };
     send(pending);
+  });
+  textarea.addEventListener("input", updateCount);
+  textarea.addEventListener("paste", (event) => {
+    if (!last.detect_paste) return;
+    const pasted = (event.clipboardData && event.clipboardData.getData("text")) || "";
+    send({ type: "paste", chars: pasted.length });
   });
   textarea.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); composer.requestSubmit(); }
@@ -179,5 +230,6 @@
     if (streaming && Date.now() - lastFrame > 5000) { lastFrame = Date.now(); send({ type: "sync" }); }
   }, 2000);
 
+  setInterval(tick, 1000);
   connect();
 })();

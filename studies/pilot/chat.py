@@ -1,0 +1,156 @@
+"""One simulated participant's conversation over the chat websocket, as chat.js speaks it."""
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from studies.pilot.simulator import SimulatedUser, UserSimulator
+
+MAX_RETRIES_PER_TURN = 1
+
+
+class StepFailed(Exception):
+    """A step of the visit went wrong; `step` names it in the report."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+
+
+@dataclass
+class TurnTiming:
+    seconds: float  # user send -> complete frame
+    ttft: float  # user send -> first text of the reply
+
+
+@dataclass
+class ChatOutcome:
+    turns: list[TurnTiming] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    ratings: int = 0
+    replies: list[str] = field(default_factory=list)
+    errors: list[StepFailed] = field(default_factory=list)  # survived (a retried reply)
+
+
+@dataclass
+class ChatSession:
+    """Drives one websocket until the server says the participant may finish."""
+
+    socket: ClientConnection
+    simulator: UserSimulator
+    user: SimulatedUser
+    frame_timeout: float
+    rng_score: int = 7
+    history: list[dict[str, str]] = field(default_factory=list)
+    outcome: ChatOutcome = field(default_factory=ChatOutcome)
+
+    async def run(self) -> ChatOutcome:
+        state = await self._until(lambda f: f["type"] == "state", step="chat")
+        await self._send({"type": "presence", "signal": "visible"})
+        guard = (state.get("max_turns") or state["min_turns"]) * 3 + 5
+        for _ in range(guard):
+            if state.get("rating_due") is not None:
+                state = await self._rate(state["rating_due"])
+            elif state.get("can_finish"):
+                return self.outcome
+            elif state.get("status") != "chatting":
+                raise StepFailed("chat", f"the chat is in state {state.get('status')!r}")
+            else:
+                state = await self._turn(state["completed_turns"] + 1)
+        raise StepFailed("chat", "the server never allowed finishing")
+
+    async def _turn(self, turn: int) -> dict:
+        message = await self.simulator.next_message(self.user, self.history, turn)
+        if message.fallback:
+            self.outcome.fallbacks.append(message.fallback)
+        key = str(uuid.uuid4())
+        await self._send({"type": "presence", "signal": "active"})
+        started = time.monotonic()
+        await self._send({"type": "send", "text": message.text, "key": key})
+        ack = await self._until(
+            lambda f: f["type"] == "ack" and f.get("key") == key, step="chat", key=key
+        )
+        self.history.append({"role": "user", "content": ack["message"]["text"]})
+        first_text: float | None = None
+        for attempt in range(MAX_RETRIES_PER_TURN + 1):
+            frame = await self._until(
+                lambda f: f["type"] in ("complete", "failed") or _has_text(f), step="chat"
+            )
+            while frame["type"] not in ("complete", "failed"):
+                first_text = first_text or time.monotonic()
+                frame = await self._until(lambda f: f["type"] in ("complete", "failed"), "chat")
+            if frame["type"] == "complete":
+                done = time.monotonic()
+                reply = frame["message"]["text"]
+                self.outcome.turns.append(TurnTiming(done - started, (first_text or done) - started))
+                self.outcome.replies.append(reply)
+                self.history.append({"role": "assistant", "content": reply})
+                return await self._sync()
+            error = StepFailed("chat", f"reply failed ({frame.get('error')}): {frame.get('message')}")
+            if attempt == MAX_RETRIES_PER_TURN:
+                raise error
+            self.outcome.errors.append(error)
+            await self._send({"type": "retry", "message_id": frame["id"]})
+        raise AssertionError("unreachable")
+
+    async def _rate(self, after_turn: int) -> dict:
+        score = self.rng_score
+        await self._send({"type": "rating", "after_turn": after_turn, "score": score})
+        state = await self._until(lambda f: f["type"] == "state", step="rating")
+        self.outcome.ratings += 1
+        return state
+
+    async def _sync(self) -> dict:
+        await self._send({"type": "sync"})
+        return await self._until(lambda f: f["type"] == "state", step="chat")
+
+    async def _send(self, frame: dict) -> None:
+        await self.socket.send(json.dumps(frame))
+
+    async def _until(self, wanted, step: str, key: str | None = None) -> dict:
+        """The next frame `wanted` accepts; an error frame (for this key, if any) fails `step`."""
+        try:
+            async with asyncio.timeout(self.frame_timeout):
+                while True:
+                    frame = json.loads(await self.socket.recv())
+                    if frame.get("type") == "error" and (key is None or frame.get("key") in (key, None)):
+                        raise StepFailed(step, f"{frame.get('code')}: {frame.get('message')}")
+                    if wanted(frame):
+                        return frame
+        except TimeoutError:
+            raise StepFailed(step, f"no answer from the server in {self.frame_timeout:.0f}s") from None
+
+
+def _has_text(frame: dict) -> bool:
+    return frame["type"] == "delta" and bool(frame.get("delta") or frame.get("full"))
+
+
+async def chat_run(
+    *,
+    ws_url: str,
+    origin: str,
+    cookies: str,
+    simulator: UserSimulator,
+    user: SimulatedUser,
+    frame_timeout: float,
+    score: int,
+) -> ChatOutcome:
+    """Open the chat socket with the participant's session cookie and chat until finishing."""
+    try:
+        async with connect(
+            ws_url,
+            origin=origin,  # type: ignore[arg-type]  # websockets' Origin is a NewType of str
+            additional_headers={"Cookie": cookies},
+            open_timeout=frame_timeout,
+            proxy=None,
+        ) as socket:
+            return await ChatSession(socket, simulator, user, frame_timeout, score).run()
+    except StepFailed:
+        raise
+    except Exception as exc:  # a refused handshake, a dropped socket, a server that is gone
+        raise StepFailed("chat", f"websocket: {exc!r}") from exc
