@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import transaction
 
 from studies.models import Condition, ModelEndpoint, Study, Task
+from studies.services.versions import version_publish
 
 CONSENT = """This is a research study about how people write with AI assistants.
 
@@ -65,6 +66,13 @@ ARMS = [
     ("collabllm", "CollabLLM (collaborative prompt; adapter on GPU)", "collabllm"),
 ]
 GENERATION_PARAMS = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
+COMPREHENSION = [
+    {
+        "question": "Who decides what goes into the final document?",
+        "choices": ["The AI assistant", "You do; the assistant only helps"],
+        "answer": 1,
+    }
+]
 
 
 def _endpoints() -> tuple[ModelEndpoint, ModelEndpoint]:
@@ -96,8 +104,13 @@ def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) 
             "instructions": INSTRUCTIONS,
             "min_turns": min_turns,
             "rating_every": rating_every,
-            "block_size": 6,
+            "design": Study.Design.PERMUTED_BLOCKS,
+            "block_size": 3,
+            "stratify_by": "document_type",
             "seed": 20250711,
+            "time_limit_minutes": 45,
+            "comprehension_questions": COMPREHENSION,
+            "min_user_message_chars": 5,
         },
     )
     base, collab = _endpoints()
@@ -120,4 +133,5 @@ def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) 
                 topic=topic,
                 defaults={"intent_questions": QUESTIONS[doc_type]},
             )
+    version_publish(study, by="seed_demo")
     return study
