@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.db import models
 from django.db.models import Count, Q
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from studies.models import Condition, Event, ModelEndpoint, Participant, Study, StudyVersion, Task
@@ -46,6 +47,7 @@ class StudyAdmin(admin.ModelAdmin):
         "rating_every",
         "n_participants",
         "n_completed",
+        "monitor_link",
     ]
     list_filter = ["status"]
     prepopulated_fields = {"slug": ["title"]}
@@ -146,6 +148,11 @@ class StudyAdmin(admin.ModelAdmin):
     @admin.display(description="participants", ordering="_n")
     def n_participants(self, obj: Study) -> int:
         return obj._n
+
+    @admin.display(description="monitor")
+    def monitor_link(self, obj: Study) -> str:
+        url = reverse("admin:studies_study_monitor", args=[obj.pk])
+        return format_html('<a href="{}">monitor</a>', url)
 
     @admin.display(description="completed", ordering="_done")
     def n_completed(self, obj: Study) -> int:

@@ -1,4 +1,4 @@
-"""The live monitor in the admin: a page, its polled partial, and pause/resume/close/pilot actions."""
+"""The live monitor in the admin: a page, its polled partial, pause/resume/close and pilot runs."""
 
 from functools import partial
 
@@ -74,6 +74,7 @@ def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
         "study": study,
         "poll_url": _monitor_url(study, snapshot.population),
         "can_change": model_admin.has_change_permission(request, study),
+        "population_links": [(p, _monitor_url(study, p)) for p in monitor.POPULATIONS],
     }
     if request.htmx:
         return render(request, "admin/studies/monitor.html#monitor-live", context)
@@ -81,7 +82,6 @@ def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
         "title": f"Monitor: {study.title}",
-        "population_links": [(p, _monitor_url(study, p)) for p in monitor.POPULATIONS],
         "preview_link": request.build_absolute_uri(access_link(study, "preview")),
         "pilot_link": request.build_absolute_uri(access_link(study, "pilot")),
         "pilot_form": PilotForm(),

@@ -24,6 +24,8 @@ DROPPED = (P.ABANDONED, P.RETURNED, P.TIMED_OUT, P.EXCLUDED)
 IN_PROGRESS_LIMIT = 50
 ENDPOINT_WINDOW = timedelta(minutes=15)
 PILOT_REPORT_KIND = "study.pilot.finished"
+# What the in-progress table shows; anything else would be a query per row.
+ROW_FIELDS = ("external_id", "status", "active_seconds", "condition__key", "condition__label")
 
 
 class Median(Aggregate):
@@ -47,9 +49,9 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 def duration_text(seconds: float | None) -> str:
-    """`12m 05s` (or `1h 02m`) for a number of seconds; an en dash for None."""
+    """`12m 05s` (or `1h 02m`) for a number of seconds; a hyphen for None."""
     if seconds is None:
-        return "–"
+        return "-"
     minutes, secs = divmod(round(seconds), 60)
     if minutes >= 60:
         return f"{minutes // 60}h {minutes % 60:02d}m"
@@ -57,8 +59,8 @@ def duration_text(seconds: float | None) -> str:
 
 
 def percent_text(share: float | None) -> str:
-    """`42%` for 0.42; an en dash for None."""
-    return "–" if share is None else f"{share:.0%}"
+    """`42%` for 0.42; a hyphen for None."""
+    return "-" if share is None else f"{share:.0%}"
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,9 @@ def _count_aggregates() -> dict[str, Any]:
         "completed": Count("pk", filter=completed),
         "dropped": Count("pk", filter=dropped),
         "dropped_after_consent": Count("pk", filter=dropped & Q(consented_at__isnull=False)),
-        "median_wall": Median(EpochSeconds(F("completed_at") - F("consented_at")), filter=completed),
+        "median_wall": Median(
+            EpochSeconds(F("completed_at") - F("consented_at")), filter=completed
+        ),
         "median_active": Median("active_seconds", filter=completed),
     }
 
@@ -278,6 +282,7 @@ def _in_progress(qs: QuerySet) -> list[Participant]:
     return list(
         qs.filter(status__in=IN_PROGRESS)
         .select_related("condition")
+        .only(*ROW_FIELDS)
         .annotate(
             turns=Count(
                 "messages",
@@ -338,7 +343,10 @@ def latest_pilot_report(study: Study) -> dict[str, Any] | None:
         return None
     payload = event["payload"] if isinstance(event["payload"], dict) else {}
     items = [
-        (str(key), value if isinstance(value, str | int | float) else json.dumps(value, default=str))
+        (
+            str(key),
+            value if isinstance(value, str | int | float) else json.dumps(value, default=str),
+        )
         for key, value in payload.items()
     ]
     return {"created_at": event["created_at"], "items": items}
