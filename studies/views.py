@@ -75,10 +75,12 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
         pid = session_participant_id(request.session, slug)
         if pid is not None:
             return redirect(_step_url(selectors.participant_for_page(pid)))
-        if kind is None and study.recruiting_source != Study.Source.LINK:
-            return _closed(
-                request, study, _("Please open this study from your recruiting platform's link.")
-            )
+    platform = study.recruiting_source
+    if kind is None and platform != Study.Source.LINK and source != platform:
+        # A platform study admits only that platform's ids: a bare ?pid= would bypass it.
+        return _closed(
+            request, study, _("Please open this study from your recruiting platform's link.")
+        )
     try:
         entered = svc.participant_enter(
             study=study, external_id=external_id, source=source, params=params, kind=kind
@@ -97,7 +99,7 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
     if request.method == "POST":
         if request.POST.get("choice") != "agree":
             return _closed(
-                request, participant.study, "You did not consent; you may close this page."
+                request, participant.study, _("You did not consent; you may close this page.")
             )
         try:
             svc.participant_consent(participant_id=participant.pk)
@@ -141,7 +143,7 @@ def brief(request: HttpRequest, slug: str) -> HttpResponse:
                     svc.participant_submit_intent(participant_id=participant.pk, answers=answers)
                     return redirect("studies:chat", slug)
         except (StudyActionError, ValueError) as exc:
-            error = getattr(exc, "message", "Please choose one of the listed topics.")
+            error = getattr(exc, "message", _("Please choose one of the listed topics."))
     context = {
         "participant": participant,
         "study": participant.study,
@@ -229,27 +231,27 @@ def finish(request: HttpRequest, slug: str) -> HttpResponse:
 
 class FinalForm(forms.Form):
     document_text = forms.CharField(
-        label="Your final document", max_length=svc.MAX_DOCUMENT_CHARS, widget=forms.Textarea
+        label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS, widget=forms.Textarea
     )
     document_quality = forms.TypedChoiceField(
-        label="How good is the final document? (1 = very poor, 10 = excellent)",
+        label=_("How good is the final document? (1 = very poor, 10 = excellent)"),
         choices=[(i, i) for i in range(1, 11)],
         coerce=int,
         widget=forms.RadioSelect,
     )
     overall_interaction = forms.TypedChoiceField(
-        label="How was the interaction with the assistant overall? (1-10)",
+        label=_("How was the interaction with the assistant overall? (1-10)"),
         choices=[(i, i) for i in range(1, 11)],
         coerce=int,
         widget=forms.RadioSelect,
     )
     strengths = forms.CharField(
-        label="What did the assistant do well?",
+        label=_("What did the assistant do well?"),
         max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,
     )
     weaknesses = forms.CharField(
-        label="What could the assistant do better?",
+        label=_("What could the assistant do better?"),
         max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,
     )

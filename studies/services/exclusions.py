@@ -11,7 +11,7 @@ Each excluded participant keeps every row and gets a reason naming the rules the
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import Length
 
-from studies.models import Message, Participant
+from studies.models import Message, Participant, Study
 from studies.services.outcomes import participant_exclude
 
 KNOWN_RULES = {"min_active_minutes", "failed_attention", "min_user_chars", "min_turns"}
@@ -61,27 +61,23 @@ def exclusions_apply(*, study_id: int, by: str = "") -> dict[int, str]:
     Returns {participant id: reason} for the participants marked now. Pilots and previews are
     judged too (their data are apart anyway). Running it again marks nobody twice.
     """
-    candidates = (
-        Participant.objects.filter(
-            study_id=study_id, status=Participant.Status.COMPLETED, excluded_at__isnull=True
-        )
-        .select_related("study")
-        .annotate(
-            user_chars=Sum(Length("messages__content"), filter=Q(messages__role=Message.Role.USER)),
-            turns=Count(
-                "messages",
-                filter=Q(
-                    messages__role=Message.Role.ASSISTANT,
-                    messages__status=Message.Status.COMPLETE,
-                ),
+    rules = Study.objects.values_list("exclusion_rules", flat=True).get(pk=study_id) or {}
+    if problems := rules_problems(rules):
+        raise ValueError("; ".join(problems))
+    candidates = Participant.objects.filter(
+        study_id=study_id, status=Participant.Status.COMPLETED, excluded_at__isnull=True
+    ).annotate(
+        user_chars=Sum(Length("messages__content"), filter=Q(messages__role=Message.Role.USER)),
+        turns=Count(
+            "messages",
+            filter=Q(
+                messages__role=Message.Role.ASSISTANT,
+                messages__status=Message.Status.COMPLETE,
             ),
-        )
+        ),
     )
     marked: dict[int, str] = {}
     for participant in candidates:
-        rules = participant.study.exclusion_rules or {}
-        if rules_problems(rules):
-            raise ValueError("; ".join(rules_problems(rules)))
         reasons = exclusion_reasons(
             participant, rules, user_chars=participant.user_chars or 0, turns=participant.turns
         )

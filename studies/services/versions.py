@@ -100,7 +100,8 @@ def version_latest(study: Study) -> StudyVersion:
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+    # An empty dict contributes no path, so filling one in shows only the keys that were added.
+    if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, sub in value.items():
             out |= _flatten(sub, f"{prefix}.{key}" if prefix else str(key))

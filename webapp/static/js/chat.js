@@ -6,9 +6,10 @@
   if (!root) return;
   const $ = (id) => document.getElementById(id);
   // Django's JavaScript catalog (jsi18n) provides gettext/interpolate; plain English without it.
-  const t = window.gettext || ((s) => s);
-  const fmt = (s, values) => (window.interpolate ? window.interpolate(t(s), values, true)
-    : t(s).replace(/%\((\w+)\)s/g, (_, k) => values[k]));
+  // Strings are written as gettext("...") so that `makemessages -d djangojs` finds them.
+  const gettext = window.gettext || ((s) => s);
+  const fmt = (s, values) => (window.interpolate ? window.interpolate(s, values, true)
+    : s.replace(/%\((\w+)\)s/g, (_, k) => values[k]));
   const list = $("messages"), composer = $("composer"), textarea = $("composer-text");
   const rating = $("rating"), finish = $("finish"), alerts = $("alerts");
   const connection = $("connection"), progress = $("progress"), announcer = $("announcer");
@@ -28,7 +29,7 @@
     socket = new WebSocket(scheme + location.host + root.dataset.wsPath);
     socket.onopen = () => {
       retryDelay = 500;
-      connection.textContent = t("Connected.");
+      connection.textContent = gettext("Connected.");
       root.dataset.connected = "true";
       if (pending) send(pending); // same idempotency key: the server will not store it twice
       presence(document.hidden ? "hidden" : "visible");
@@ -37,7 +38,7 @@
     socket.onclose = (event) => {
       root.dataset.connected = "false";
       if (event.code === 4403) { location.reload(); return; }
-      connection.textContent = t("Reconnecting… your messages are safe.");
+      connection.textContent = gettext("Reconnecting… your messages are safe.");
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 8000);
     };
@@ -57,7 +58,7 @@
       li.dataset.id = m.id;
       const who = document.createElement("span");
       who.className = "who";
-      who.textContent = m.role === "user" ? t("You") : t("Assistant");
+      who.textContent = m.role === "user" ? gettext("You") : gettext("Assistant");
       const body = document.createElement("div");
       body.className = "body";
       li.append(who, body);
@@ -84,10 +85,10 @@
     const box = document.createElement("div");
     box.className = "failure";
     const p = document.createElement("p");
-    p.textContent = m.message || t("The assistant's reply did not finish.");
+    p.textContent = m.message || gettext("The assistant's reply did not finish.");
     const retry = document.createElement("button");
     retry.type = "button";
-    retry.textContent = t("Retry this reply");
+    retry.textContent = gettext("Retry this reply");
     retry.className = "retry";
     retry.onclick = () => { retry.disabled = true; send({ type: "retry", message_id: m.id }); };
     box.append(p, retry);
@@ -119,7 +120,7 @@
     composer.hidden = !rating.hidden || state.status !== "chatting" || timeUp;
     textarea.disabled = $("send").disabled = streaming;
     finish.hidden = !state.can_finish || streaming;
-    progress.textContent = fmt("Turns completed: %(done)s of at least %(min)s.",
+    progress.textContent = fmt(gettext("Turns completed: %(done)s of at least %(min)s."),
       { done: state.completed_turns, min: state.min_turns });
     if (timeUp) showTimeUp();
     updateCount();
@@ -130,12 +131,12 @@
     if (!counter) return;
     const n = textarea.value.trim().length;
     counter.textContent = minChars > n
-      ? fmt("%(n)s characters; at least %(min)s needed.", { n: n, min: minChars }) : "";
+      ? fmt(gettext("%(n)s characters; at least %(min)s needed."), { n: n, min: minChars }) : "";
   }
 
   function showTimeUp() {
     clock.hidden = false;
-    clock.textContent = t("Your time for the chat is up. Please continue to the final questions.");
+    clock.textContent = gettext("Your time for the chat is up. Please continue to the final questions.");
     composer.hidden = true;
     if (!streaming) { finish.hidden = false; }
   }
@@ -147,7 +148,7 @@
     if (left <= warningMs) {
       const minutes = Math.ceil(left / 60000);
       clock.hidden = false;
-      clock.textContent = fmt("About %(m)s minute(s) left for the chat.", { m: minutes });
+      clock.textContent = fmt(gettext("About %(m)s minute(s) left for the chat."), { m: minutes });
       if (!warned) { warned = true; alerts.textContent = clock.textContent; }
     }
   }
@@ -196,7 +197,7 @@
     const text = textarea.value.trim();
     if (!text || pending) return;
     if (text.length < minChars) {
-      alerts.textContent = fmt("Please write at least %(min)s characters so the assistant can help you.", { min: minChars });
+      alerts.textContent = fmt(gettext("Please write at least %(min)s characters so the assistant can help you."), { min: minChars });
       return;
     }
     pending = { type: "send", text: text, key: crypto.randomUUID() };
