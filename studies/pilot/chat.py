@@ -30,6 +30,9 @@ class TurnTiming:
 
 @dataclass
 class ChatOutcome:
+    """Filled in as the chat goes, so a chat that fails midway still reports its turns."""
+
+    messages: int = 0  # written by the simulator
     turns: list[TurnTiming] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     ratings: int = 0
@@ -45,9 +48,9 @@ class ChatSession:
     simulator: UserSimulator
     user: SimulatedUser
     frame_timeout: float
-    rng_score: int = 7
+    score: int
+    outcome: ChatOutcome
     history: list[dict[str, str]] = field(default_factory=list)
-    outcome: ChatOutcome = field(default_factory=ChatOutcome)
 
     async def run(self) -> ChatOutcome:
         state = await self._until(lambda f: f["type"] == "state", step="chat")
@@ -66,6 +69,7 @@ class ChatSession:
 
     async def _turn(self, turn: int) -> dict:
         message = await self.simulator.next_message(self.user, self.history, turn)
+        self.outcome.messages += 1
         if message.fallback:
             self.outcome.fallbacks.append(message.fallback)
         key = str(uuid.uuid4())
@@ -76,31 +80,40 @@ class ChatSession:
             lambda f: f["type"] == "ack" and f.get("key") == key, step="chat", key=key
         )
         self.history.append({"role": "user", "content": ack["message"]["text"]})
-        first_text: float | None = None
         for attempt in range(MAX_RETRIES_PER_TURN + 1):
-            frame = await self._until(
-                lambda f: f["type"] in ("complete", "failed") or _has_text(f), step="chat"
-            )
-            while frame["type"] not in ("complete", "failed"):
-                first_text = first_text or time.monotonic()
-                frame = await self._until(lambda f: f["type"] in ("complete", "failed"), "chat")
+            frame, first_text = await self._reply()
             if frame["type"] == "complete":
                 done = time.monotonic()
                 reply = frame["message"]["text"]
-                self.outcome.turns.append(TurnTiming(done - started, (first_text or done) - started))
+                self.outcome.turns.append(
+                    TurnTiming(done - started, (first_text or done) - started)
+                )
                 self.outcome.replies.append(reply)
                 self.history.append({"role": "assistant", "content": reply})
                 return await self._sync()
-            error = StepFailed("chat", f"reply failed ({frame.get('error')}): {frame.get('message')}")
+            error = StepFailed(
+                "chat", f"reply failed ({frame.get('error')}): {frame.get('message')}"
+            )
             if attempt == MAX_RETRIES_PER_TURN:
                 raise error
-            self.outcome.errors.append(error)
+            self.outcome.errors.append(error)  # a participant would press retry, and so do we
             await self._send({"type": "retry", "message_id": frame["id"]})
         raise AssertionError("unreachable")
 
+    async def _reply(self) -> tuple[dict, float | None]:
+        """The reply's last frame (complete or failed), and when its first text arrived."""
+        first_text = None
+        while True:
+            frame = await self._until(
+                lambda f: f["type"] in ("complete", "failed", "delta"), step="chat"
+            )
+            if frame["type"] != "delta":
+                return frame, first_text
+            if first_text is None and (frame.get("delta") or frame.get("full")):
+                first_text = time.monotonic()
+
     async def _rate(self, after_turn: int) -> dict:
-        score = self.rng_score
-        await self._send({"type": "rating", "after_turn": after_turn, "score": score})
+        await self._send({"type": "rating", "after_turn": after_turn, "score": self.score})
         state = await self._until(lambda f: f["type"] == "state", step="rating")
         self.outcome.ratings += 1
         return state
@@ -118,16 +131,16 @@ class ChatSession:
             async with asyncio.timeout(self.frame_timeout):
                 while True:
                     frame = json.loads(await self.socket.recv())
-                    if frame.get("type") == "error" and (key is None or frame.get("key") in (key, None)):
+                    if frame.get("type") == "error" and (
+                        key is None or frame.get("key") in (key, None)
+                    ):
                         raise StepFailed(step, f"{frame.get('code')}: {frame.get('message')}")
                     if wanted(frame):
                         return frame
         except TimeoutError:
-            raise StepFailed(step, f"no answer from the server in {self.frame_timeout:.0f}s") from None
-
-
-def _has_text(frame: dict) -> bool:
-    return frame["type"] == "delta" and bool(frame.get("delta") or frame.get("full"))
+            raise StepFailed(
+                step, f"no answer from the server in {self.frame_timeout:.0f}s"
+            ) from None
 
 
 async def chat_run(
@@ -139,6 +152,7 @@ async def chat_run(
     user: SimulatedUser,
     frame_timeout: float,
     score: int,
+    outcome: ChatOutcome,
 ) -> ChatOutcome:
     """Open the chat socket with the participant's session cookie and chat until finishing."""
     try:
@@ -149,7 +163,7 @@ async def chat_run(
             open_timeout=frame_timeout,
             proxy=None,
         ) as socket:
-            return await ChatSession(socket, simulator, user, frame_timeout, score).run()
+            return await ChatSession(socket, simulator, user, frame_timeout, score, outcome).run()
     except StepFailed:
         raise
     except Exception as exc:  # a refused handshake, a dropped socket, a server that is gone

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from studies.pilot.chat import StepFailed, TurnTiming, chat_run
+from studies.pilot.chat import ChatOutcome, StepFailed, chat_run
 from studies.pilot.page import Form, Page, page_parse
 from studies.pilot.simulator import SimulatedUser, UserSimulator, simulated_user
 
@@ -54,9 +54,7 @@ class ParticipantRun:
     completed: bool = False
     step: str = "entry"
     errors: list[tuple[str, str]] = field(default_factory=list)
-    turns: list[TurnTiming] = field(default_factory=list)
-    fallbacks: list[str] = field(default_factory=list)
-    ratings: int = 0
+    chat: ChatOutcome = field(default_factory=ChatOutcome)
     completion_code: str = ""
     seconds: float = 0.0
 
@@ -69,8 +67,6 @@ class Visit:
     rng: random.Random
     run: ParticipantRun
     user: SimulatedUser | None = None
-    replies: list[str] = field(default_factory=list)
-    left_to: str = ""
 
     async def go(self) -> None:
         response = await self._request("GET", self.plan.entry_path)
@@ -160,9 +156,11 @@ class Visit:
 
     def _final(self, form: Form) -> dict[str, str]:
         assert self.user is not None
-        document = self.replies[-1] if self.replies else ""
+        replies = self.run.chat.replies
+        document = replies[-1] if replies else ""
         answers = {
-            "document_text": document.strip() or f"My {self.user.document_type} on {self.user.topic}.",
+            "document_text": document.strip()
+            or f"My {self.user.document_type} on {self.user.topic}.",
             "strengths": "It answered quickly and stayed on my topic.",
             "weaknesses": "It could ask me more about what I wanted.",
         }
@@ -181,7 +179,7 @@ class Visit:
         origin = _origin(httpx.URL(self.plan.base_url))
         ws_url = re.sub(r"^http", "ws", origin) + ws_path
         cookies = "; ".join(f"{c.name}={c.value}" for c in self.http.cookies.jar)
-        outcome = await chat_run(
+        await chat_run(
             ws_url=ws_url,
             origin=origin,
             cookies=cookies,
@@ -189,11 +187,8 @@ class Visit:
             user=self.user,
             frame_timeout=self.plan.frame_timeout,
             score=self.rng.randint(5, 9),
+            outcome=self.run.chat,
         )
-        self.run.turns, self.run.fallbacks = outcome.turns, outcome.fallbacks
-        self.run.ratings = outcome.ratings
-        self.run.errors += [(e.step, e.message) for e in outcome.errors]
-        self.replies = outcome.replies
         self.run.step = "finish"
         form = page.post_form(f"/s/{self.plan.slug}/finish/")
         if form is None:
@@ -228,8 +223,7 @@ class Visit:
             if not response.is_redirect:
                 return response
             target = response.url.join(response.headers["location"])
-            if _origin(target) != origin:  # the recruiting platform: a browser would leave here
-                self.left_to = str(target)
+            if _origin(target) != origin:  # the recruiting platform: the visit ends here
                 return response
             method, url, data, referer = "GET", str(target), None, None
         raise StepFailed(self.run.step, "too many redirects")
@@ -241,9 +235,7 @@ def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}{port}"
 
 
-async def participant_run(
-    plan: PilotPlan, index: int, simulator: UserSimulator
-) -> ParticipantRun:
+async def participant_run(plan: PilotPlan, index: int, simulator: UserSimulator) -> ParticipantRun:
     """Take simulated participant `index` through the study; never raises for a failed step."""
     run = ParticipantRun(index)
     started = time.monotonic()
@@ -257,5 +249,7 @@ async def participant_run(
             run.errors.append((exc.step, exc.message))
         except Exception as exc:  # a bug in the driver is reported against its step, not raised
             run.errors.append((run.step, f"driver error: {exc!r}"))
+    # Replies that failed and then succeeded on retry: the participant went on, but they count.
+    run.errors[:0] = [(e.step, e.message) for e in run.chat.errors]
     run.seconds = time.monotonic() - started
     return run

@@ -64,7 +64,8 @@ class _Parser(HTMLParser):
             self.text_by_id.setdefault(a["id"], "")
             if tag not in VOID:
                 self._open_ids.append((tag, a["id"]))
-        if tag not in VOID and a.get("role") in ("alert", "status") or "error" in a.get("class", "").split():
+        notice = a.get("role") in ("alert", "status") or "error" in a.get("class", "").split()
+        if notice and tag not in VOID:
             self._notice.append((tag, len(self.notices)))
             self.notices.append("")
         if tag == "form":

@@ -124,7 +124,9 @@ class UserSimulator:
         return text[: self.max_chars].strip()
 
 
-def simulated_user(*, document_type: str, topic: str, brief: str, rng: random.Random) -> SimulatedUser:
+def simulated_user(
+    *, document_type: str, topic: str, brief: str, rng: random.Random
+) -> SimulatedUser:
     """A persona and a hidden goal for one task, drawn with `rng`."""
     details = tuple(rng.sample(DETAILS, k=3))
     goal = f"a {document_type} about {topic} that my readers will enjoy. {details[0]}"
