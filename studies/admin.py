@@ -86,7 +86,7 @@ class StudyAdmin(admin.ModelAdmin):
                 f"earlier keep version {before}.",
                 messages.INFO,
             )
-        problems = getattr(assignment, "design_problems", lambda s: [])(study)
+        problems = assignment.design_problems(study)
         problems += exclusions.rules_problems(study.exclusion_rules or {})
         for problem in problems:
             self.message_user(request, f"Check the design: {problem}", messages.WARNING)

@@ -30,13 +30,18 @@ def _study(slug: str) -> Study:
     return study
 
 
-def _recruiting(request: HttpRequest) -> tuple[str, str | None, dict[str, str]]:
+def _recruiting(request: HttpRequest, study: Study) -> tuple[str, str | None, dict[str, str]]:
+    """(source, external id, params) from the query string; a stratifying parameter is kept too."""
+    extra = (
+        study.stratify_by.removeprefix("param:") if study.stratify_by.startswith("param:") else ""
+    )
     for source, (id_key, keys) in RECRUITING_KEYS.items():
         external_id = request.GET.get(id_key, "").strip()[:200]
         if external_id:
-            params = {k: request.GET.get(k, "")[:200] for k in keys}
+            params = {k: request.GET.get(k, "")[:200] for k in (*keys, extra) if k}
             return source, f"{source}:{external_id}", params
-    return "link", None, {}
+    params = {extra: request.GET.get(extra, "")[:200]} if extra in request.GET else {}
+    return "link", None, params
 
 
 def _step_url(participant: Participant) -> str:
@@ -63,7 +68,7 @@ def _closed(request: HttpRequest, study: Study, message: str, status: int = 200)
 @require_GET
 def entry(request: HttpRequest, slug: str) -> HttpResponse:
     study = _study(slug)
-    source, external_id, params = _recruiting(request)
+    source, external_id, params = _recruiting(request, study)
     if request.GET.get("assignmentId") == MTURK_PREVIEW:
         return render(request, "studies/preview.html", {"study": study})
     kind = access.access_kind(study, request.GET)

@@ -344,3 +344,13 @@ def test_a_returned_participant_reentering_lands_on_the_closed_page(study):
     assert response.url == url("closed", study)
     assert b"You returned this study" in again.get(url("closed", study)).content
     assert svc.participant_step(Participant.objects.get(pk=participant.pk)) == "closed"
+
+
+def test_a_stratifying_url_parameter_is_kept_and_decides_the_stratum(client):
+    study = three_arm_study(recruiting_source=Study.Source.PROLIFIC, stratify_by="param:band")
+    enter(client, study, **prolific(), band="young", other="dropped")
+    participant = Participant.objects.get(study=study)
+    assert participant.recruiting_params == prolific() | {"band": "young"}
+    client.post(url("consent", study), {"choice": "agree"})
+    participant.refresh_from_db()
+    assert participant.allocation["arm"]["stratum"] == "band=young"
