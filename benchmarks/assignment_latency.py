@@ -220,7 +220,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def balance(slug: str, ids: list[str]) -> dict[str, Any]:
     from studies.models import Participant
-    from studies.services.assignment import imbalance
+    from studies.services.allocation import imbalance
 
     people = list(Participant.objects.filter(study__slug=slug).select_related("study"))
     weights = {c.key: c.weight for c in people[0].study.conditions.all()} if people else {}

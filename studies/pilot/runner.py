@@ -162,7 +162,8 @@ def pilot_study(
 ) -> dict:
     """Run a whole pilot from synchronous code and record its report as an event."""
     # httpx logs every request at INFO: thousands of lines in a pilot's log, none of them news.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("httpx", "httpx2"):  # the openai client logs through httpx2
+        logging.getLogger(name).setLevel(logging.WARNING)
     plan = pilot_plan(study, base_url=base_url or settings.SITE_URL, seed=seed)
     name, simulator = simulator_for(study, endpoint_name=simulator_endpoint)
     event_record(

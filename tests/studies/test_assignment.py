@@ -6,21 +6,22 @@ import pytest
 from django.db import transaction
 
 from studies.models import AssignmentCounter, Event, Participant
+from studies.services import allocation as al
 from studies.services import assignment as a
 from studies.services import outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from tests.factories import ParticipantFactory, three_arm_study
 
-ARMS = (a.Arm("base"), a.Arm("proactive"), a.Arm("collabllm"))
+ARMS = (al.Arm("base"), al.Arm("proactive"), al.Arm("collabllm"))
 PAIRS = [("base", 1), ("proactive", 1), ("collabllm", 1)]
 
 
-def run(design: a.Design, n: int, *, stratum: str = "all", state=None, in_study=None):
+def run(design: al.Design, n: int, *, stratum: str = "all", state=None, in_study=None):
     """Allocate n arrivals in one stratum; return the slots and the final state."""
     slots = []
     for _ in range(n):
-        slot, state = a.allocate(design, stratum=stratum, state=state, study_occupied=in_study)
+        slot, state = al.allocate(design, stratum=stratum, state=state, study_occupied=in_study)
         slots.append(slot)
     return slots, state
 
@@ -31,7 +32,7 @@ def choices(slots) -> Counter:
 
 def test_each_block_holds_every_arm_in_proportion_to_its_weight():
     for block_index in range(20):
-        block = a.block_for(
+        block = al.block_for(
             arms=[("a", 1), ("b", 2)], block_size=6, seed=3, stratum="all", block_index=block_index
         )
         assert Counter(block) == {"a": 2, "b": 4}
@@ -39,7 +40,7 @@ def test_each_block_holds_every_arm_in_proportion_to_its_weight():
 
 def test_blocks_are_shuffled_not_cyclic():
     blocks = {
-        tuple(a.block_for(arms=PAIRS, block_size=6, seed=5, stratum="all", block_index=i))
+        tuple(al.block_for(arms=PAIRS, block_size=6, seed=5, stratum="all", block_index=i))
         for i in range(30)
     }
     assert len(blocks) > 5
@@ -47,12 +48,12 @@ def test_blocks_are_shuffled_not_cyclic():
 
 def test_it_rejects_a_block_size_that_is_not_a_multiple_of_the_weights():
     with pytest.raises(ValueError, match="multiple"):
-        a.block_for(arms=[("a", 1), ("b", 1)], block_size=3, seed=0, stratum="all", block_index=0)
+        al.block_for(arms=[("a", 1), ("b", 1)], block_size=3, seed=0, stratum="all", block_index=0)
 
 
 def test_the_sequence_is_reproducible_from_seed_and_stratum():
     def sequence(seed: int, stratum: str) -> list[str]:
-        design = a.Design(ARMS, seed=seed, block_sizes=(3, 6))
+        design = al.Design(ARMS, seed=seed, block_sizes=(3, 6))
         return [s.choice for s in run(design, 60, stratum=stratum)[0]]
 
     assert sequence(11, "all") == sequence(11, "all")
@@ -61,7 +62,7 @@ def test_the_sequence_is_reproducible_from_seed_and_stratum():
 
 
 def test_weighted_blocks_keep_the_weights_exactly_at_every_block_end():
-    design = a.Design((a.Arm("a", 1), a.Arm("b", 2)), seed=1, block_sizes=(3,))
+    design = al.Design((al.Arm("a", 1), al.Arm("b", 2)), seed=1, block_sizes=(3,))
     slots, _ = run(design, 300)
     assert choices(slots) == {"a": 100, "b": 200}
     for end in range(3, 301, 3):
@@ -69,7 +70,7 @@ def test_weighted_blocks_keep_the_weights_exactly_at_every_block_end():
 
 
 def test_random_block_sizes_draw_several_sizes_and_each_block_is_balanced():
-    design = a.Design(ARMS, seed=4, block_sizes=(3, 6, 9))
+    design = al.Design(ARMS, seed=4, block_sizes=(3, 6, 9))
     slots, _ = run(design, 600)
     sizes = {s.block_index: s.block_size for s in slots}
     assert set(sizes.values()) == {3, 6, 9}
@@ -85,13 +86,13 @@ def test_random_block_sizes_draw_several_sizes_and_each_block_is_balanced():
 
 
 def test_a_capped_arm_falls_back_to_the_least_filled_open_arm():
-    design = a.Design((a.Arm("base", cap=5), a.Arm("proactive"), a.Arm("collabllm")), seed=2,
+    design = al.Design((al.Arm("base", cap=5), al.Arm("proactive"), al.Arm("collabllm")), seed=2,
                       block_sizes=(3,))  # fmt: skip
     in_study: Counter = Counter()
     slots = []
     state = None
     for _ in range(30):
-        slot, state = a.allocate(design, stratum="all", state=state, study_occupied=in_study)
+        slot, state = al.allocate(design, stratum="all", state=state, study_occupied=in_study)
         in_study[slot.choice] += 1
         slots.append(slot)
     counts = choices(slots)
@@ -101,81 +102,81 @@ def test_a_capped_arm_falls_back_to_the_least_filled_open_arm():
 
 
 def test_a_per_stratum_cap_binds_within_the_stratum_only():
-    arms = (a.Arm("base", cap_per_stratum=2), a.Arm("proactive"))
-    design = a.Design(arms, seed=0, block_sizes=(2,))
+    arms = (al.Arm("base", cap_per_stratum=2), al.Arm("proactive"))
+    design = al.Design(arms, seed=0, block_sizes=(2,))
     first, _ = run(design, 10, stratum="x=1")
     second, _ = run(design, 10, stratum="x=2")
     assert choices(first)["base"] == 2 and choices(second)["base"] == 2
 
 
 def test_when_every_arm_is_capped_the_allocator_says_full():
-    arms = (a.Arm("base", cap_per_stratum=1), a.Arm("proactive", cap_per_stratum=1))
-    _, state = run(a.Design(arms, seed=0, block_sizes=(2,)), 2)
-    with pytest.raises(a.AllocationFull):
-        a.allocate(a.Design(arms, seed=0, block_sizes=(2,)), stratum="all", state=state)
+    arms = (al.Arm("base", cap_per_stratum=1), al.Arm("proactive", cap_per_stratum=1))
+    _, state = run(al.Design(arms, seed=0, block_sizes=(2,)), 2)
+    with pytest.raises(al.AllocationFull):
+        al.allocate(al.Design(arms, seed=0, block_sizes=(2,)), stratum="all", state=state)
 
 
 def test_caps_are_ignored_where_the_design_says_so():
-    arms = (a.Arm("base", cap_per_stratum=1), a.Arm("proactive", cap_per_stratum=1))
-    slots, _ = run(a.Design(arms, seed=0, block_sizes=(2,), caps=False), 10)
+    arms = (al.Arm("base", cap_per_stratum=1), al.Arm("proactive", cap_per_stratum=1))
+    slots, _ = run(al.Design(arms, seed=0, block_sizes=(2,), caps=False), 10)
     assert choices(slots) == {"base": 5, "proactive": 5}
 
 
 def test_least_filled_follows_the_weights_and_breaks_ties_by_seed():
-    arms = (a.Arm("a", 1), a.Arm("b", 3))
-    slots, _ = run(a.Design(arms, seed=9, kind=a.LEAST_FILLED), 400)
+    arms = (al.Arm("a", 1), al.Arm("b", 3))
+    slots, _ = run(al.Design(arms, seed=9, kind=al.LEAST_FILLED), 400)
     assert choices(slots) == {"a": 100, "b": 300}
     assert all(s.block_index is None for s in slots)
-    firsts = {run(a.Design(ARMS, seed=s, kind=a.LEAST_FILLED), 1)[0][0].choice for s in range(20)}
+    firsts = {run(al.Design(ARMS, seed=s, kind=al.LEAST_FILLED), 1)[0][0].choice for s in range(20)}
     assert len(firsts) > 1
 
 
 def test_a_freed_slot_goes_to_the_next_arrival_before_any_new_position():
-    design = a.Design(ARMS, seed=3, block_sizes=(3,))
+    design = al.Design(ARMS, seed=3, block_sizes=(3,))
     slots, state = run(design, 6)
     gone = slots[1]
-    state = a.release(state, gone.as_record(), participant_id=42)
+    state = al.release(state, gone.as_record(), participant_id=42)
     assert state["occupied"][gone.choice] == 1
-    slot, state = a.allocate(design, stratum="all", state=state)
+    slot, state = al.allocate(design, stratum="all", state=state)
     assert (slot.choice, slot.position, slot.reused_from) == (gone.choice, gone.position, 42)
     assert state["freed"] == [] and state["next_position"] == 6
     assert state["occupied"] == {"base": 2, "proactive": 2, "collabllm": 2}
 
 
 def test_freed_slots_are_taken_oldest_first_and_not_without_reuse():
-    design = a.Design(ARMS, seed=3, block_sizes=(3,))
+    design = al.Design(ARMS, seed=3, block_sizes=(3,))
     slots, state = run(design, 3)
     for pid, slot in enumerate(slots[::-1]):
-        state = a.release(state, slot.as_record(), participant_id=pid)
+        state = al.release(state, slot.as_record(), participant_id=pid)
     taken, _ = run(design, 3, state=state)
     assert [s.reused_from for s in taken] == [0, 1, 2]
-    no_reuse = a.Design(ARMS, seed=3, block_sizes=(3,), reuse_slots=False)
+    no_reuse = al.Design(ARMS, seed=3, block_sizes=(3,), reuse_slots=False)
     fresh, _ = run(no_reuse, 1, state=state)
     assert fresh[0].reused_from is None and fresh[0].position == 3
 
 
 def test_the_allocator_never_changes_the_state_it_is_given():
-    state = a.fresh_state()
+    state = al.fresh_state()
     before = dict(state)
-    a.allocate(a.Design(ARMS, seed=1, block_sizes=(3,)), stratum="all", state=state)
+    al.allocate(al.Design(ARMS, seed=1, block_sizes=(3,)), stratum="all", state=state)
     assert state == before
 
 
 def test_strata_names_fit_the_counter_column():
     params = {"country": "x" * 500}
-    name = a.arm_stratum(
+    name = al.arm_stratum(
         stratify_by="param:country", params=params, document_type="", prefix="preview/"
     )
-    assert len(name) == a.STRATUM_MAX_CHARS and name.startswith("preview/country=xxx")
-    assert a.arm_stratum(stratify_by="param:country", params={}, document_type="") == (
+    assert len(name) == al.STRATUM_MAX_CHARS and name.startswith("preview/country=xxx")
+    assert al.arm_stratum(stratify_by="param:country", params={}, document_type="") == (
         "country=unknown"
     )
-    assert a.arm_stratum(stratify_by="", params=params, document_type="blog_post") == "all"
+    assert al.arm_stratum(stratify_by="", params=params, document_type="blog_post") == "all"
 
 
 def test_imbalance_is_measured_per_unit_of_weight():
-    assert a.imbalance({"a": 10, "b": 20}, {"a": 1, "b": 2}) == 0
-    assert a.imbalance({"a": 4, "b": 2}, {"a": 1, "b": 1}) == 2
+    assert al.imbalance({"a": 10, "b": 20}, {"a": 1, "b": 2}) == 0
+    assert al.imbalance({"a": 4, "b": 2}, {"a": 1, "b": 1}) == 2
 
 
 # --- the service ---------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_the_allocation_is_recorded_on_the_participant_and_in_the_event_log():
     study = three_arm_study(block_size=3)
     participant = consent(ParticipantFactory(study=study))
     record = participant.allocation
-    assert record["algorithm"] == a.ALGORITHM_VERSION == record["arm"]["algorithm"]
+    assert record["algorithm"] == al.ALGORITHM_VERSION == record["arm"]["algorithm"]
     assert record["arm"]["choice"] == participant.condition.key
     assert record["arm"]["seed"] == study.seed and record["arm"]["design"] == "permuted_blocks"
     assert record["document_type"]["choice"] == participant.document_type

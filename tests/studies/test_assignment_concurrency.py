@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from studies.models import AssignmentCounter, Participant, Study
-from studies.services import assignment, outcomes
+from studies.services import allocation, outcomes
 from studies.services import participants as svc
 from tests.factories import ParticipantFactory, three_arm_study
 
@@ -231,7 +231,7 @@ def test_order_by_count_limit_1_for_update_piles_everyone_into_one_arm():
 
 def test_the_allocator_stays_balanced_under_the_same_load():
     study = three_arm_study(block_size=3)
-    AssignmentCounter.objects.create(study=study, stratum=assignment.STUDY_ROW)
+    AssignmentCounter.objects.create(study=study, stratum=allocation.STUDY_ROW)
     n = 30
     people = [ParticipantFactory(study=study) for _ in range(n)]
     release_when_waiting(

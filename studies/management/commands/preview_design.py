@@ -2,7 +2,7 @@
 
     manage.py preview_design pilot-1 --arrivals 10000 --return-rate 0.1 --param-values uk,us
 
-Runs the production allocator (`studies.services.assignment.allocate` / `release`) on in-memory
+Runs the production allocator (`studies.services.allocation.allocate` / `release`) on in-memory
 state, as real (non-pilot) participants: caps apply, returned participants free their slot when the
 study reuses slots. Prints arrivals per arm and per stratum among those who stayed, the largest
 imbalance, and a χ² goodness-of-fit test of the arm counts against the weights.
@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from scipy.stats import chisquare
 
 from studies.models import Study
-from studies.services import assignment
+from studies.services import allocation, assignment
 
 RETURN_DELAY = (1, 50)  # a returning participant leaves this many arrivals later (uniform)
 
@@ -38,8 +38,8 @@ class Simulation:
 
 def simulate(
     study: Study,
-    arm_design: assignment.Design,
-    doc_design: assignment.Design,
+    arm_design: allocation.Design,
+    doc_design: allocation.Design,
     *,
     arrivals: int,
     return_rate: float,
@@ -57,21 +57,21 @@ def simulate(
         for entry in [p for p in pending if p[0] <= i]:
             pending.remove(entry)
             _leave(sim, study, states, in_study, entry)
-        doc, doc_state = assignment.allocate(
-            doc_design, stratum=assignment.DOCUMENT_STRATUM, state=states.get("document_type")
+        doc, doc_state = allocation.allocate(
+            doc_design, stratum=allocation.DOCUMENT_STRATUM, state=states.get("document_type")
         )
         params = {name: rng.choice(param_values)} if param_values else {}
-        stratum = assignment.arm_stratum(
+        stratum = allocation.arm_stratum(
             stratify_by=study.stratify_by, params=params, document_type=doc.choice
         )
         try:
-            slot, arm_state = assignment.allocate(
+            slot, arm_state = allocation.allocate(
                 arm_design, stratum=stratum, state=states.get(stratum), study_occupied=in_study
             )
-        except assignment.AllocationFull:
+        except allocation.AllocationFull:
             sim.refused += 1
             continue
-        states[assignment.DOCUMENT_STRATUM], states[stratum] = doc_state, arm_state
+        states[allocation.DOCUMENT_STRATUM], states[stratum] = doc_state, arm_state
         in_study[slot.choice] += 1
         sim.strata[stratum][slot.choice] += 1
         sim.documents[doc.choice] += 1
@@ -92,7 +92,7 @@ def _leave(sim: Simulation, study: Study, states: dict, in_study: Counter, entry
     if study.reuse_slots:
         in_study[arm["choice"]] -= 1
         for rec in (doc, arm):
-            states[rec["stratum"]] = assignment.release(
+            states[rec["stratum"]] = allocation.release(
                 states.get(rec["stratum"]), rec, participant_id=participant
             )
 
@@ -142,14 +142,14 @@ class Command(BaseCommand):
         )
         self._report(study, design, sim, options)
 
-    def _report(self, study: Study, design: assignment.Design, sim: Simulation, options) -> None:
+    def _report(self, study: Study, design: allocation.Design, sim: Simulation, options) -> None:
         out = self.stdout.write
         weights = {a.key: a.weight for a in design.arms}
         out(
             f"Study {study.slug}: design {study.design}, block sizes {list(design.block_sizes)}, "
             f"stratify by {study.stratify_by or '(none)'}, reuse slots "
             f"{'yes' if study.reuse_slots else 'no'}, seed {study.seed}, "
-            f"algorithm {assignment.ALGORITHM_VERSION}"
+            f"algorithm {allocation.ALGORITHM_VERSION}"
         )
         out(
             f"{options['arrivals']} arrivals, return rate {options['return_rate']:g}: "
@@ -161,14 +161,14 @@ class Command(BaseCommand):
         out(f"{'stratum':<40} {'n':>6} " + " ".join(f"{k:>10}" for k in weights) + "  imbalance")
         worst = 0.0
         for stratum, counts in sorted(sim.strata.items()):
-            gap = assignment.imbalance(counts, weights)
+            gap = allocation.imbalance(counts, weights)
             worst = max(worst, gap)
             cells = " ".join(f"{counts[k]:>10}" for k in weights)
             out(f"{stratum[:40]:<40} {sum(counts.values()):>6} {cells}  {gap:g}")
         out(f"Max imbalance per stratum: {worst:g} (count per unit of weight, max - min)")
         out("Document types: " + ", ".join(f"{d} {n}" for d, n in sorted(sim.documents.items())))
 
-    def _arms(self, design: assignment.Design, counts: Counter) -> None:
+    def _arms(self, design: allocation.Design, counts: Counter) -> None:
         out = self.stdout.write
         total, weight_sum = sum(counts.values()), sum(a.weight for a in design.arms)
         out("")
