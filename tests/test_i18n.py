@@ -39,6 +39,8 @@ def make_po(tmp_path: Path, monkeypatch, settings, domain: str, copies: dict[str
         "The time for this study has run out. Thank you.",
         "You did not consent; you may close this page.",
         "What did the assistant do well?",
+        "Please write at least %(shortest)s characters so the assistant can help you.",
+        "Please rate the conversation so far to continue.",
     ],
 )
 def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):

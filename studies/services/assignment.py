@@ -15,6 +15,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models.functions import Collate
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from studies.models import AssignmentCounter, Condition, Participant, Study
 from studies.services.allocation import (
@@ -155,12 +156,16 @@ def assign_participant(participant: Participant) -> Assigned:
     conditions = list(study.conditions.filter(is_active=True))
     doc_types = sorted(set(study.tasks.values_list("document_type", flat=True)))
     if not conditions:
-        raise StudyActionError("no_arms", "This study has no active arms; please come back later.")
+        raise StudyActionError(
+            "no_arms", _("This study has no active arms; please come back later.")
+        )
     if not doc_types:
-        raise StudyActionError("no_tasks", "This study has no tasks yet; please come back later.")
+        raise StudyActionError(
+            "no_tasks", _("This study has no tasks yet; please come back later.")
+        )
     if _problems(study, conditions, doc_types):
         raise StudyActionError(
-            "misconfigured", "This study is not set up correctly yet; please come back later."
+            "misconfigured", _("This study is not set up correctly yet; please come back later.")
         )
     prefix = _stratum_prefix(participant)
     params = participant.recruiting_params or {}
@@ -187,7 +192,9 @@ def assign_participant(participant: Participant) -> Assigned:
             design, stratum=stratum, state=arm_row.state, study_occupied=in_study
         )
     except AllocationFull:
-        raise StudyActionError("full", "This study is full; thank you for your interest.") from None
+        raise StudyActionError(
+            "full", _("This study is full; thank you for your interest.")
+        ) from None
     changes = {doc_row: doc_state, arm_row: arm_state}
     if study_row is not None:
         changes[study_row] = _counted(study_row, slot.choice, +1)

@@ -1,6 +1,7 @@
 """Study status changes: go live (publishing the config), pause, resume, close."""
 
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from studies.models import Study
 from studies.services.errors import StudyActionError
@@ -24,12 +25,15 @@ def study_set_status(*, study_id: int, status: str, by: str = "") -> Study:
             return study
         if status not in ALLOWED[S(study.status)]:
             raise StudyActionError(
-                "bad_transition", f"A {study.status} study cannot become {status}."
+                "bad_transition",
+                _("A %(current)s study cannot become %(wanted)s.")
+                % {"current": study.status, "wanted": status},
             )
         if status == S.LIVE:
             if not study.conditions.filter(is_active=True).exists() or not study.tasks.exists():
                 raise StudyActionError(
-                    "incomplete", "A study needs at least one active arm and one task to go live."
+                    "incomplete",
+                    _("A study needs at least one active arm and one task to go live."),
                 )
             version_publish(study, by=by)
         previous = study.status

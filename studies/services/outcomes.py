@@ -8,6 +8,7 @@ never deletes anything.
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from studies.models import Participant, Study
 from studies.services import assignment
@@ -39,7 +40,9 @@ def participant_end(
         )
         if participant.status not in IN_PROGRESS:
             raise StudyActionError(
-                "already_ended", f"This participation has already ended ({participant.status})."
+                "already_ended",
+                _("This participation has already ended (%(status)s).")
+                % {"status": participant.status},
             )
         now = timezone.now()
         participant.status = ENDINGS[Out(outcome)]
@@ -65,7 +68,7 @@ def participant_exclude(*, participant_id: int, reason: str, by: str = "") -> Pa
     """Mark a participant as excluded from analyses, with the reason; idempotent on the reason."""
     reason = reason.strip()
     if not reason:
-        raise StudyActionError("no_reason", "An exclusion needs a reason.")
+        raise StudyActionError("no_reason", _("An exclusion needs a reason."))
     with transaction.atomic():
         participant = Participant.objects.select_for_update().get(pk=participant_id)
         if participant.excluded_at is not None:

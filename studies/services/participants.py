@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from studies.models import FinalSurvey, Message, Participant, Study, Task
 from studies.services import assignment, outcomes
@@ -69,12 +70,14 @@ def participant_enter(
             _record_attempt(existing, params, now)
             return Entry(existing, created=False)
     if study.status == Study.Status.CLOSED or (kind is None and study.status != Study.Status.LIVE):
-        raise StudyActionError("not_live", "This study is not accepting participants right now.")
+        raise StudyActionError("not_live", _("This study is not accepting participants right now."))
     if external_id and kind is None and _took_part_in_linked(study, external_id):
         raise StudyActionError(
             "repeat",
-            "Our records show you have already taken part in a related study, so you cannot "
-            "take part in this one. Please return the task; thank you for your interest.",
+            _(
+                "Our records show you have already taken part in a related study, so you cannot "
+                "take part in this one. Please return the task; thank you for your interest."
+            ),
         )
     ext = external_id or f"{kind or 'anon'}-{uuid.uuid4().hex}"
     version = version_latest(study)
@@ -139,7 +142,7 @@ def _locked(participant_id: int, *, expected: set[str]) -> Participant:
     if participant.status not in expected:
         raise StudyActionError(
             "wrong_step",
-            "That step is not available now; you have been taken to your current step.",
+            _("That step is not available now; you have been taken to your current step."),
         )
     return participant
 
@@ -172,12 +175,12 @@ def participant_choose_topic(*, participant_id: int, task_id: int) -> Participan
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.CONSENTED})
         if participant.task_id is not None:
-            raise StudyActionError("topic_chosen", "You have already chosen a topic.")
+            raise StudyActionError("topic_chosen", _("You have already chosen a topic."))
         task = Task.objects.filter(
             pk=task_id, study_id=participant.study_id, document_type=participant.document_type
         ).first()
         if task is None:
-            raise StudyActionError("bad_topic", "Please choose one of the listed topics.")
+            raise StudyActionError("bad_topic", _("Please choose one of the listed topics."))
         participant.task = task
         fields = activity_apply(participant, signal="page", now=timezone.now())
         participant.save(update_fields=["task", *fields])
@@ -196,14 +199,16 @@ def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Par
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.CONSENTED})
         if participant.task is None:
-            raise StudyActionError("no_topic", "Please choose a topic first.")
+            raise StudyActionError("no_topic", _("Please choose a topic first."))
         questions = participant.task.intent_questions
         cleaned = [a.strip() for a in answers]
         if len(cleaned) != len(questions) or not all(cleaned):
-            raise StudyActionError("incomplete", "Please answer every question.")
+            raise StudyActionError("incomplete", _("Please answer every question."))
         if any(len(a) > MAX_ANSWER_CHARS for a in cleaned):
             raise StudyActionError(
-                "too_long", f"Answers are limited to {MAX_ANSWER_CHARS} characters."
+                "too_long",
+                _("Answers are limited to %(max_answer_chars)s characters.")
+                % {"max_answer_chars": MAX_ANSWER_CHARS},
             )
         participant.intent_answers.bulk_create(
             participant.intent_answers.model(
@@ -302,10 +307,11 @@ def participant_finish_chat(*, participant_id: int) -> Participant:
         if done < participant.study.min_turns and not time_up:
             raise StudyActionError(
                 "too_few_turns",
-                f"Please complete at least {participant.study.min_turns} turns (you have {done}).",
+                _("Please complete at least %(min_turns)s turns (you have %(done)s).")
+                % {"min_turns": participant.study.min_turns, "done": done},
             )
         if participant.messages.filter(status=Message.Status.STREAMING).exists():
-            raise StudyActionError("busy", "Please wait for the assistant's reply to finish.")
+            raise StudyActionError("busy", _("Please wait for the assistant's reply to finish."))
         participant.status = P.FINAL
         participant.chat_finished_at = timezone.now()
         fields = activity_apply(participant, signal="page", now=participant.chat_finished_at)
@@ -337,7 +343,9 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
     """
     if len(answers.document_text) > MAX_DOCUMENT_CHARS:
         raise StudyActionError(
-            "too_long", f"The document is limited to {MAX_DOCUMENT_CHARS} characters."
+            "too_long",
+            _("The document is limited to %(max_document_chars)s characters.")
+            % {"max_document_chars": MAX_DOCUMENT_CHARS},
         )
     now = timezone.now()
     with transaction.atomic():

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from models_serving.prompts import load_prompt
 from studies.models import Message, Participant, TurnRating
@@ -43,13 +44,13 @@ def _lock(participant_id: int) -> Participant:
 
 def _require_chatting(participant: Participant, *, streaming: bool | None = None) -> None:
     if participant.status == P.RATING_DUE:
-        raise StudyActionError("rating_due", "Please rate the conversation so far to continue.")
+        raise StudyActionError("rating_due", _("Please rate the conversation so far to continue."))
     if participant.status != P.CHATTING:
-        raise StudyActionError("wrong_step", "The chat is closed for you.")
+        raise StudyActionError("wrong_step", _("The chat is closed for you."))
     if streaming is None:
         streaming = participant.messages.filter(status=M.STREAMING).exists()
     if streaming:
-        raise StudyActionError("busy", "Please wait until the assistant's reply has finished.")
+        raise StudyActionError("busy", _("Please wait until the assistant's reply has finished."))
 
 
 def _turn_stats(participant: Participant, *, key: uuid.UUID, since) -> dict:
@@ -102,10 +103,12 @@ def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted
     """Persist a user message and a streaming reply placeholder, or refuse with a clear reason."""
     text = text.strip()
     if not text:
-        raise StudyActionError("empty", "Please write a message first.")
+        raise StudyActionError("empty", _("Please write a message first."))
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
         raise StudyActionError(
-            "too_long", f"Messages are limited to {settings.CHAT_MAX_MESSAGE_CHARS} characters."
+            "too_long",
+            _("Messages are limited to %(chat_max_message_chars)s characters.")
+            % {"chat_max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS},
         )
     now = timezone.now()
     with transaction.atomic():
@@ -116,22 +119,26 @@ def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted
         _require_chatting(participant, streaming=stats["streaming"] > 0)
         if time_is_up(participant, now):
             raise StudyActionError(
-                "time_up", "Your time for the chat is up; please continue to the final questions."
+                "time_up",
+                _("Your time for the chat is up; please continue to the final questions."),
             )
         shortest = participant.study.min_user_message_chars
         if len(text) < shortest:
             raise StudyActionError(
                 "too_short",
-                f"Please write at least {shortest} characters so the assistant can help you.",
+                _("Please write at least %(shortest)s characters so the assistant can help you.")
+                % {"shortest": shortest},
             )
         last_turn, done = stats["last_turn"] or 0, stats["done"]
         if done < last_turn:  # every turn gets its reply row at once, so this one failed
-            raise StudyActionError("retry_needed", "The last reply did not finish; retry it first.")
+            raise StudyActionError(
+                "retry_needed", _("The last reply did not finish; retry it first.")
+            )
         max_turns = participant.study.max_turns
         if max_turns is not None and done >= max_turns:
-            raise StudyActionError("max_turns", "You have reached the last turn of this chat.")
+            raise StudyActionError("max_turns", _("You have reached the last turn of this chat."))
         if stats["recent"] >= settings.CHAT_TURNS_PER_MINUTE:
-            raise StudyActionError("rate_limited", "You are sending messages too quickly.")
+            raise StudyActionError("rate_limited", _("You are sending messages too quickly."))
         turn_index = last_turn + 1
         user = Message.objects.create(
             participant=participant,
@@ -160,7 +167,7 @@ def turn_retry(*, participant_id: int, message_id: int) -> Message:
         _require_chatting(participant)
         last = participant.messages.filter(role=Message.Role.ASSISTANT).order_by("-id").first()
         if last is None or last.pk != message_id or last.status not in RETRYABLE:
-            raise StudyActionError("not_retryable", "Only the last failed reply can be retried.")
+            raise StudyActionError("not_retryable", _("Only the last failed reply can be retried."))
         reply = _assistant_placeholder(
             participant, turn_index=last.turn_index, attempt=last.attempt + 1
         )
@@ -208,7 +215,7 @@ def turn_complete(
         )
         message = Message.objects.select_for_update().get(pk=message_id)
         if message.status != M.STREAMING:
-            raise StudyActionError("not_streaming", "This reply is no longer in progress.")
+            raise StudyActionError("not_streaming", _("This reply is no longer in progress."))
         message.content = text
         message.status = M.COMPLETE
         message.model = model or message.model
@@ -296,14 +303,14 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
 def rating_record(*, participant_id: int, after_turn: int, score: int) -> TurnRating:
     """Record the blocking rating that is due and reopen the composer."""
     if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 10:
-        raise StudyActionError("bad_score", "Please choose a rating from 1 to 10.")
+        raise StudyActionError("bad_score", _("Please choose a rating from 1 to 10."))
     with transaction.atomic():
         participant = _lock(participant_id)
         if participant.status != P.RATING_DUE:
-            raise StudyActionError("no_rating_due", "No rating is due right now.")
+            raise StudyActionError("no_rating_due", _("No rating is due right now."))
         done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
         if after_turn != done:
-            raise StudyActionError("wrong_checkpoint", "That rating is not the one due now.")
+            raise StudyActionError("wrong_checkpoint", _("That rating is not the one due now."))
         rating = TurnRating.objects.create(participant=participant, after_turn=done, score=score)
         participant.status = P.CHATTING
         fields = activity_apply(participant, signal="active", now=timezone.now())
