@@ -13,4 +13,5 @@ urlpatterns = [
     path("s/<slug:slug>/final/", views.final, name="final"),
     path("s/<slug:slug>/done/", views.done, name="done"),
     path("s/<slug:slug>/closed/", views.closed, name="closed"),
+    path("s/<slug:slug>/alive/", views.alive, name="alive"),
 ]

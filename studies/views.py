@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from studies import selectors
 from studies.models import Participant, Study
-from studies.services import access, outcomes
+from studies.services import access, activity, outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.sessions import session_bind, session_participant_id
@@ -306,6 +306,17 @@ def done(request: HttpRequest, slug: str) -> HttpResponse:
         "redirect_url": svc.completion_redirect(participant),
     }
     return render(request, "studies/done.html", context)
+
+
+@require_POST
+def alive(request: HttpRequest, slug: str) -> HttpResponse:
+    """A participant page's heartbeat: keeps a participant who is reading or writing from being
+    marked abandoned or timed out. Nothing to return; 204 also when the session has no one."""
+    pid = session_participant_id(request.session, slug, statuses=outcomes.IN_PROGRESS)
+    if pid is not None:
+        signal = "idle" if request.POST.get("signal") == "idle" else "active"
+        activity.activity_record(participant_id=pid, signal=signal, payload={"page": True})
+    return HttpResponse(status=204)
 
 
 ENDED_MESSAGES = {

@@ -31,13 +31,19 @@ class Minutes(Func):
     output_field = DurationField()
 
 
+# Someone whose page reported activity this recently is still working (every participant page
+# sends a heartbeat): they are not timed out mid-sentence, and their answers are not refused.
+ACTIVE_WINDOW = timedelta(minutes=5)
+
+
 def _timed_out(now: datetime) -> QuerySet[Participant]:
     grace = settings.TIMEOUT_GRACE_MINUTES
     return (
         Participant.objects.filter(status__in=IN_PROGRESS, study__time_limit_minutes__isnull=False)
         .annotate(started=Coalesce("chat_started_at", "consented_at"))
         .annotate(deadline=F("started") + Minutes(F("study__time_limit_minutes") + Value(grace)))
-        .filter(deadline__lt=now)
+        .annotate(last_seen=Coalesce("last_active_at", "entered_at"))
+        .filter(deadline__lt=now, last_seen__lt=now - ACTIVE_WINDOW)
     )
 
 

@@ -4,6 +4,8 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from studies import tasks
@@ -119,12 +121,38 @@ def test_a_rerun_changes_nothing(chatted):
 def test_a_participant_past_the_time_limit_and_grace_is_timed_out(chatted):
     chatted.study.time_limit_minutes = 30
     chatted.study.save()
-    backdate(chatted, chat_minutes=30 + settings.TIMEOUT_GRACE_MINUTES + 1)
+    backdate(chatted, idle_minutes=6, chat_minutes=30 + settings.TIMEOUT_GRACE_MINUTES + 1)
     assert housekeeping.participants_time_out() == [chatted.pk]
     chatted.refresh_from_db()
     assert (chatted.status, chatted.outcome) == (P.TIMED_OUT, "timed_out")
     assert chatted.messages.count() == 2
     assert housekeeping.participants_time_out() == []
+
+
+def test_an_overdue_participant_still_active_is_not_timed_out(chatted):
+    # Someone writing the final document past the limit keeps their page's heartbeat going.
+    chatted.study.time_limit_minutes = 30
+    chatted.study.save()
+    backdate(chatted, idle_minutes=4, chat_minutes=30 + settings.TIMEOUT_GRACE_MINUTES + 1)
+    assert housekeeping.participants_time_out() == []
+    backdate(chatted, idle_minutes=6)
+    assert housekeeping.participants_time_out() == [chatted.pk]
+
+
+def test_the_page_heartbeat_keeps_a_participant_active(chatted):
+    client = Client(enforce_csrf_checks=True)
+    session = client.session
+    session[f"participant:{chatted.study.slug}"] = chatted.pk
+    session.save()
+    alive = reverse("studies:alive", args=[chatted.study.slug])
+    assert client.post(alive).status_code == 403  # no CSRF token
+    assert client.get(alive).status_code == 405
+    backdate(chatted, idle_minutes=61)
+    client.get(reverse("studies:chat", args=[chatted.study.slug]))  # sets the CSRF cookie
+    token = client.cookies["csrftoken"].value
+    assert client.post(alive, {"signal": "active"}, HTTP_X_CSRFTOKEN=token).status_code == 204
+    assert housekeeping.participants_abandon_stale() == []
+    assert chatted.events.filter(kind="study.presence.active", payload__page=True).exists()
 
 
 def test_a_participant_within_the_grace_is_not_timed_out(chatted):
