@@ -1,6 +1,7 @@
 """The chat socket: authenticate by session, validate frames, call services, relay group frames."""
 
 import json
+import time
 import uuid
 
 from channels.db import database_sync_to_async
@@ -13,6 +14,9 @@ from studies.services.errors import StudyActionError
 from studies.sessions import CHAT_STATUSES, session_participant_id
 
 MAX_FRAME_CHARS_EXTRA = 1000
+# Presence and paste notices each write an event row: a page sends about 5 a minute, so more
+# than this in a minute is a script, and the excess is dropped (the audit log stays readable).
+MAX_SIGNALS_PER_MINUTE = 30
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -117,7 +121,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_send(self.group, {"type": "chat.frame", "frame": "rated"})
         await self.send_json(await self._state())
 
+    def _signal_allowed(self) -> bool:
+        now = time.monotonic()
+        recent = [t for t in getattr(self, "_signal_times", []) if now - t < 60]
+        self._signal_times = [*recent, now]
+        return len(recent) < MAX_SIGNALS_PER_MINUTE
+
     async def _presence(self, content: dict) -> None:
+        if not self._signal_allowed():
+            return
         signal = content.get("signal")
         if signal not in activity.CLIENT_SIGNALS:
             raise StudyActionError("malformed", "Unknown presence signal.")
@@ -126,6 +138,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def _paste(self, content: dict) -> None:
+        if not self._signal_allowed():
+            return
         try:
             await database_sync_to_async(activity.paste_record)(
                 participant_id=self.participant_id, chars=content.get("chars")

@@ -11,6 +11,7 @@ from studies.models import Message, Participant, Study, Task
 from studies.services.participants import completed_turns
 from studies.services.rendering import render_markdown
 from studies.services.turns import chat_deadline, time_is_up
+from studies.services.versions import frozen_study
 
 M = Message.Status
 
@@ -22,7 +23,9 @@ def study_by_slug(slug: str) -> Study | None:
 
 def participant_for_page(participant_id: int) -> Participant:
     """A participant with what every step page shows."""
-    return Participant.objects.select_related("study", "task", "condition").get(pk=participant_id)
+    return Participant.objects.select_related("study", "task", "condition", "version").get(
+        pk=participant_id
+    )
 
 
 def topics_for(participant: Participant) -> list[Task]:
@@ -88,8 +91,8 @@ def message_frame(message: Message) -> dict:
 
 def chat_state(*, participant_id: int) -> dict:
     """The whole chat as the page needs it after (re)connecting."""
-    participant = Participant.objects.select_related("study").get(pk=participant_id)
-    study = participant.study
+    participant = Participant.objects.select_related("study", "version").get(pk=participant_id)
+    study = frozen_study(participant)
     messages = list(participant.messages.order_by("id"))
     done = completed_turns(participant_id)
     deadline = chat_deadline(participant)

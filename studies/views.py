@@ -13,6 +13,8 @@ from studies.models import Participant, Study
 from studies.services import access, activity, outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
+from studies.services.participants import COMPREHENSION_ATTEMPTS
+from studies.services.versions import frozen_study
 from studies.sessions import session_bind, session_participant_id
 
 RECRUITING_KEYS = {
@@ -57,6 +59,11 @@ def _at_step(request: HttpRequest, slug: str, step: str) -> Participant | HttpRe
     if svc.participant_step(participant) != step:
         return redirect(_step_url(participant))
     return participant
+
+
+def _moved_on(participant_id: int) -> HttpResponse:
+    """A double click or a stale tab: the step was already taken, so go where they are now."""
+    return redirect(_step_url(selectors.participant_for_page(participant_id)))
 
 
 def _closed(request: HttpRequest, study: Study, message: str, status: int = 200) -> HttpResponse:
@@ -109,10 +116,14 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
         try:
             svc.participant_consent(participant_id=participant.pk)
         except StudyActionError as exc:
+            if exc.code == "wrong_step":
+                return _moved_on(participant.pk)
             return _closed(request, participant.study, exc.message)
         return redirect("studies:brief", slug)
     return render(
-        request, "studies/consent.html", {"participant": participant, "study": participant.study}
+        request,
+        "studies/consent.html",
+        {"participant": participant, "study": frozen_study(participant)},
     )
 
 
@@ -151,7 +162,7 @@ def brief(request: HttpRequest, slug: str) -> HttpResponse:
             error = getattr(exc, "message", _("Please choose one of the listed topics."))
     context = {
         "participant": participant,
-        "study": participant.study,
+        "study": frozen_study(participant),
         "topics": selectors.topics_for(participant),
         "form": form,
         "error": error,
@@ -183,21 +194,31 @@ def check(request: HttpRequest, slug: str) -> HttpResponse:
     participant = _at_step(request, slug, "check")
     if isinstance(participant, HttpResponse):
         return participant
-    questions = participant.study.comprehension_questions
+    questions = frozen_study(participant).comprehension_questions
     form = CheckForm(questions, request.POST or None)
     error = None
     if request.method == "POST":
         answers = form.answers() if form.is_valid() else [None] * len(questions)
-        result = svc.participant_check_comprehension(participant_id=participant.pk, answers=answers)
+        try:
+            attempt = int(request.POST.get("attempt", ""))
+        except ValueError:
+            attempt = None
+        try:
+            result = svc.participant_check_comprehension(
+                participant_id=participant.pk, answers=answers, attempt=attempt
+            )
+        except StudyActionError:  # a double click or a stale tab: this attempt was already scored
+            return _moved_on(participant.pk)
         if result.passed:
             return redirect("studies:chat", slug)
         if result.screened_out:
             return redirect("studies:closed", slug)
+        participant.comprehension_failures = COMPREHENSION_ATTEMPTS - result.attempts_left
         error = _(
             "Some answers were not right. Please read the task again; you have one more attempt."
         )
         form = CheckForm(questions)
-    context = {"participant": participant, "study": participant.study, "form": form}
+    context = {"participant": participant, "study": frozen_study(participant), "form": form}
     return render(
         request, "studies/check.html", context | {"error": error}, status=400 if error else 200
     )
@@ -206,7 +227,7 @@ def check(request: HttpRequest, slug: str) -> HttpResponse:
 def _chat_context(participant: Participant) -> dict:
     return {
         "participant": participant,
-        "study": participant.study,
+        "study": frozen_study(participant),
         "scale": range(1, 11),
         "heartbeat_seconds": settings.HEARTBEAT_SECONDS,
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
@@ -229,6 +250,8 @@ def finish(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         svc.participant_finish_chat(participant_id=participant.pk)
     except StudyActionError as exc:
+        if exc.code == "wrong_step":
+            return _moved_on(participant.pk)
         context = _chat_context(participant) | {"error": exc.message}
         return render(request, "studies/chat.html", context, status=400)
     return redirect("studies:final", slug)
@@ -267,7 +290,7 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
     participant = _at_step(request, slug, "final")
     if isinstance(participant, HttpResponse):
         return participant
-    checks = participant.study.attention_checks
+    checks = frozen_study(participant).attention_checks
     form = FinalForm(request.POST or None)
     attention = CheckForm(checks, request.POST or None, prefix_name="attention_")
     if request.method == "POST" and form.is_valid() and attention.is_valid():
@@ -277,6 +300,8 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
                 answers=svc.FinalAnswers(**form.cleaned_data, attention=tuple(attention.answers())),
             )
         except StudyActionError as exc:
+            if exc.code == "wrong_step":
+                return _moved_on(participant.pk)
             form.add_error(None, exc.message)
         else:
             return redirect("studies:done", slug)
@@ -286,7 +311,7 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
         "studies/final.html",
         {
             "participant": participant,
-            "study": participant.study,
+            "study": frozen_study(participant),
             "form": form,
             "attention": attention,
         },
@@ -301,7 +326,7 @@ def done(request: HttpRequest, slug: str) -> HttpResponse:
         return participant
     context = {
         "participant": participant,
-        "study": participant.study,
+        "study": frozen_study(participant),
         "code": outcomes.outcome_code(participant),
         "redirect_url": svc.completion_redirect(participant),
     }

@@ -5,6 +5,14 @@ import studies.models
 from django.db import migrations, models
 
 
+def backfill_outcomes(apps, schema_editor):
+    """Participants who completed before outcomes existed completed normally: their code is the
+    completion code. (Assignment counters keep their old rows; the new allocator starts new
+    sequences, so no study should be live across this migration.)"""
+    Participant = apps.get_model("studies", "Participant")
+    Participant.objects.filter(status="completed", outcome="").update(outcome="completed")
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -208,4 +216,5 @@ class Migration(migrations.Migration):
             model_name='studyversion',
             constraint=models.UniqueConstraint(fields=('study', 'number'), name='version_number_unique'),
         ),
+        migrations.RunPython(backfill_outcomes, migrations.RunPython.noop),
     ]

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from studies.models import Participant
 from studies.services.events import event_record
+from studies.services.versions import frozen_study
 
 ACTIVE_SIGNALS = {"active", "visible", "page", "message", "connected"}
 INACTIVE_SIGNALS = {"idle", "hidden", "disconnected"}
@@ -26,7 +27,11 @@ def activity_apply(participant: Participant, *, signal: str, now: datetime) -> l
         gap = (now - participant.last_active_at).total_seconds()
         if 0 < gap <= settings.IDLE_THRESHOLD_SECONDS:
             participant.active_seconds += gap
-    participant.last_active_at = now
+    # last_active_at is the last sign of a person (housekeeping reads it): an "idle" or "hidden"
+    # report closes the active stretch but is not itself activity. The gap after it is never
+    # counted (is_visible is False), so active time is the same either way.
+    if signal in ACTIVE_SIGNALS or participant.last_active_at is None:
+        participant.last_active_at = now
     participant.is_visible = signal in ACTIVE_SIGNALS
     return ["active_seconds", "last_active_at", "is_visible"]
 
@@ -58,8 +63,8 @@ def paste_record(*, participant_id: int, chars: int) -> bool:
     """Record that the participant pasted text into the chat box (when the study detects pastes)."""
     if not isinstance(chars, int) or isinstance(chars, bool) or not 0 <= chars <= MAX_PASTE_CHARS:
         raise ValueError("paste length must be a non-negative integer")
-    participant = Participant.objects.select_related("study").get(pk=participant_id)
-    if not participant.study.detect_paste:
+    participant = Participant.objects.select_related("study", "version").get(pk=participant_id)
+    if not frozen_study(participant).detect_paste:
         return False
     event_record(
         study_id=participant.study_id,

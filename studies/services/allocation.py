@@ -231,7 +231,8 @@ def arm_stratum(
         label = f"document_type={document_type}"
     elif stratify_by.startswith("param:"):
         name = stratify_by.removeprefix("param:")
-        value = str(params.get(name) or "").strip() or "unknown"
+        # Participants can edit URLs: "US", " us" and "us" are one stratum.
+        value = " ".join(str(params.get(name) or "").split()).casefold() or "unknown"
         label = f"{name}={value}"
     else:
         label = "all"

@@ -39,7 +39,12 @@ ACTIVE_WINDOW = timedelta(minutes=5)
 def _timed_out(now: datetime) -> QuerySet[Participant]:
     grace = settings.TIMEOUT_GRACE_MINUTES
     return (
-        Participant.objects.filter(status__in=IN_PROGRESS, study__time_limit_minutes__isnull=False)
+        # The limit is for the chat: someone on the final survey is never timed out (if they go
+        # quiet for long they are abandoned, and may still hand the survey in).
+        Participant.objects.filter(
+            status__in=IN_PROGRESS - {Participant.Status.FINAL},
+            study__time_limit_minutes__isnull=False,
+        )
         .annotate(started=Coalesce("chat_started_at", "consented_at"))
         .annotate(deadline=F("started") + Minutes(F("study__time_limit_minutes") + Value(grace)))
         .annotate(last_seen=Coalesce("last_active_at", "entered_at"))

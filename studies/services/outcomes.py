@@ -94,9 +94,12 @@ def participant_exclude(*, participant_id: int, reason: str, by: str = "") -> Pa
 def outcome_code(participant: Participant) -> str | None:
     """The completion code this participant is shown for their outcome (None: no code)."""
     study: Study = participant.study
+    outcome = participant.outcome
+    if not outcome and participant.status == P.COMPLETED:  # completed before outcomes existed
+        outcome = Out.COMPLETED
     return {
         Out.COMPLETED: study.completion_code,
         Out.SCREENED_OUT: study.screened_out_code,
         Out.FAILED_ATTENTION: study.attention_failed_code,
         Out.TIMED_OUT: study.timed_out_code,
-    }.get(participant.outcome)
+    }.get(outcome)

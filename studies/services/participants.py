@@ -18,7 +18,7 @@ from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.turns import time_is_up
-from studies.services.versions import version_latest
+from studies.services.versions import frozen_study, version_latest
 
 P = Participant.Status
 STEP_BY_STATUS = {
@@ -34,9 +34,23 @@ MAX_ANSWER_CHARS = 2000
 MAX_DOCUMENT_CHARS = 50_000
 
 
+# Ended by housekeeping after finishing the chat: they may still hand in the final survey.
+LATE_FINAL = frozenset({P.ABANDONED, P.TIMED_OUT})
+
+
 def participant_step(participant: Participant) -> str:
     """The one page this participant may be on now ('closed' when they may not continue)."""
+    if _may_submit_late(participant):
+        return "final"
     return STEP_BY_STATUS.get(participant.status, "closed")
+
+
+def _may_submit_late(participant: Participant) -> bool:
+    return (
+        participant.status in LATE_FINAL
+        and participant.chat_finished_at is not None
+        and participant.completed_at is None
+    )
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ def _record_attempt(participant: Participant, params: dict[str, str], now) -> No
 def _locked(participant_id: int, *, expected: set[str]) -> Participant:
     participant = (
         Participant.objects.select_for_update(of=("self",))
-        .select_related("study", "task")
+        .select_related("study", "task", "version")
         .get(pk=participant_id)
     )
     if participant.status not in expected:
@@ -153,6 +167,10 @@ def participant_consent(*, participant_id: int) -> Participant:
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.ENTERED})
         study = participant.study
+        # The version in force at consent (arms included) is the one the participant keeps.
+        entered_version = participant.config_version
+        participant.version = version_latest(study)
+        participant.config_version = participant.version.number
         assigned = assignment.assign_participant(participant)
         participant.condition = study.conditions.get(key=assigned.condition_key)
         participant.document_type = assigned.document_type
@@ -160,12 +178,17 @@ def participant_consent(*, participant_id: int) -> Participant:
         participant.status = P.CONSENTED
         participant.consented_at = now
         fields = ["condition", "document_type", "allocation", "status", "consented_at"]
+        fields += ["version", "config_version"]
         participant.save(update_fields=fields + activity_apply(participant, signal="page", now=now))
         event_record(
             study_id=study.pk,
             participant_id=participant.pk,
             kind="study.participant.consented",
-            payload={"allocation": participant.allocation},
+            payload={
+                "allocation": participant.allocation,
+                "version": participant.config_version,
+                "entered_version": entered_version,
+            },
         )
     return participant
 
@@ -218,7 +241,7 @@ def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Par
         )
         participant.briefed_at = now
         fields = ["status", "briefed_at", *activity_apply(participant, signal="page", now=now)]
-        if participant.study.comprehension_questions:
+        if frozen_study(participant).comprehension_questions:
             participant.status = P.BRIEFED
         else:
             participant.status = P.CHATTING
@@ -254,7 +277,7 @@ def answers_wrong(questions: list[dict], answers: list[int | None]) -> list[int]
 
 
 def participant_check_comprehension(
-    *, participant_id: int, answers: list[int | None]
+    *, participant_id: int, answers: list[int | None], attempt: int | None = None
 ) -> CheckResult:
     """Score the comprehension check: pass opens the chat; a second failure screens them out.
 
@@ -263,7 +286,11 @@ def participant_check_comprehension(
     now = timezone.now()
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.BRIEFED})
-        wrong = answers_wrong(participant.study.comprehension_questions, answers)
+        if attempt is not None and attempt != participant.comprehension_failures:
+            raise StudyActionError(
+                "stale_attempt", _("That attempt was already checked; here is where you are now.")
+            )
+        wrong = answers_wrong(frozen_study(participant).comprehension_questions, answers)
         if not wrong:
             participant.status = P.CHATTING
             participant.chat_started_at = now
@@ -304,11 +331,12 @@ def participant_finish_chat(*, participant_id: int) -> Participant:
         participant = _locked(participant_id, expected={P.CHATTING})
         done = completed_turns(participant.pk)
         time_up = time_is_up(participant)
-        if done < participant.study.min_turns and not time_up:
+        min_turns = frozen_study(participant).min_turns
+        if done < min_turns and not time_up:
             raise StudyActionError(
                 "too_few_turns",
                 _("Please complete at least %(min_turns)s turns (you have %(done)s).")
-                % {"min_turns": participant.study.min_turns, "done": done},
+                % {"min_turns": min_turns, "done": done},
             )
         if participant.messages.filter(status=Message.Status.STREAMING).exists():
             raise StudyActionError("busy", _("Please wait for the assistant's reply to finish."))
@@ -349,8 +377,15 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
         )
     now = timezone.now()
     with transaction.atomic():
-        participant = _locked(participant_id, expected={P.FINAL})
-        checks = participant.study.attention_checks
+        participant = _locked(participant_id, expected={P.FINAL, *LATE_FINAL})
+        late = participant.status if participant.status != P.FINAL else None
+        if late and not _may_submit_late(participant):
+            raise StudyActionError(
+                "wrong_step",
+                _("That step is not available now; you have been taken to your current step."),
+            )
+        frozen = frozen_study(participant)
+        checks = frozen.attention_checks
         wrong = answers_wrong(checks, list(answers.attention))
         survey = asdict(answers)
         attention = survey.pop("attention")
@@ -359,7 +394,7 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
             **survey,
             extra_answers={"attention": list(attention)} if checks else {},
         )
-        threshold = min(participant.study.attention_fail_threshold, len(checks))
+        threshold = min(frozen.attention_fail_threshold, len(checks))
         failed = bool(checks) and len(wrong) >= max(1, threshold)
         participant.attention_failures = len(wrong)
         participant.outcome = (
@@ -375,7 +410,8 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
             study_id=participant.study_id,
             participant_id=participant.pk,
             kind="study.participant.completed",
-            payload={"outcome": participant.outcome, "attention_wrong": wrong},
+            # A late survey (after housekeeping ended them) is kept; their slot may be reused.
+            payload={"outcome": participant.outcome, "attention_wrong": wrong, "late": late},
         )
     return participant
 

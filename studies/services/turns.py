@@ -20,7 +20,7 @@ from studies.models import Message, Participant, TurnRating
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
-from studies.services.versions import arm_settings
+from studies.services.versions import arm_settings, frozen_study
 
 P = Participant.Status
 M = Message.Status
@@ -89,7 +89,7 @@ def _assistant_placeholder(participant: Participant, *, turn_index: int, attempt
 
 def chat_deadline(participant: Participant) -> datetime | None:
     """When the study's time limit ends this participant's chat (None: no limit)."""
-    minutes = participant.study.time_limit_minutes
+    minutes = frozen_study(participant).time_limit_minutes
     start = participant.chat_started_at
     return start + timedelta(minutes=minutes) if minutes and start else None
 
@@ -122,7 +122,7 @@ def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted
                 "time_up",
                 _("Your time for the chat is up; please continue to the final questions."),
             )
-        shortest = participant.study.min_user_message_chars
+        shortest = frozen_study(participant).min_user_message_chars
         if len(text) < shortest:
             raise StudyActionError(
                 "too_short",
@@ -134,7 +134,7 @@ def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted
             raise StudyActionError(
                 "retry_needed", _("The last reply did not finish; retry it first.")
             )
-        max_turns = participant.study.max_turns
+        max_turns = frozen_study(participant).max_turns
         if max_turns is not None and done >= max_turns:
             raise StudyActionError("max_turns", _("You have reached the last turn of this chat."))
         if stats["recent"] >= settings.CHAT_TURNS_PER_MINUTE:
@@ -228,7 +228,7 @@ def turn_complete(
         message.completed_at = now
         message.save()
         done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
-        every = participant.study.rating_every
+        every = frozen_study(participant).rating_every
         rating_due = (
             done if every and done % every == 0 and participant.status == P.CHATTING else None
         )

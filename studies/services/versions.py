@@ -125,3 +125,43 @@ def arm_settings(participant) -> dict[str, Any] | None:
     if participant.version_id is None or participant.condition_id is None:
         return None
     return participant.version.config["arms"].get(participant.condition.key)
+
+
+# Operational settings stay live for everyone: housekeeping applies them set-based in SQL, and a
+# time limit or completion code changed mid-study must mean the same for the chat page and for
+# the sweeper (the recruiting platform only knows the current codes).
+LIVE_FIELDS = frozenset(
+    {
+        "time_limit_minutes",
+        "time_warning_minutes",
+        "abandon_after_minutes",
+        "completion_code",
+        "screened_out_code",
+        "attention_failed_code",
+        "timed_out_code",
+        "completion_redirect_url",
+    }
+)
+
+
+class FrozenStudy:
+    """A study as a participant's version froze it: what shapes their study (turns, ratings,
+    checks, message rules, texts) comes from the snapshot; operational settings (LIVE_FIELDS) and
+    anything the snapshot lacks (slug, status, ids) are the live study's. Edits made after the
+    participant consented never change their conversation."""
+
+    def __init__(self, participant) -> None:
+        self._live = participant.study
+        version = participant.version if participant.version_id else None
+        self._config = version.config.get("study", {}) if version is not None else {}
+
+    def __getattr__(self, name: str) -> Any:
+        config = self.__dict__["_config"]
+        if name in STUDY_FIELDS and name not in LIVE_FIELDS and name in config:
+            return config[name]
+        return getattr(self.__dict__["_live"], name)
+
+
+def frozen_study(participant) -> Any:
+    """The participant's study settings, frozen at their version (see FrozenStudy)."""
+    return FrozenStudy(participant)

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 
 from studies.models import Event, Message, ModelEndpoint, Participant
-from studies.services import generation
+from studies.services import generation, versions
 from tests.factories import ParticipantFactory, three_arm_study
 from tests.studies.conftest import advance_to_chat
 
@@ -36,6 +36,16 @@ def make_chatting(base_url: str, model: str = "fake", read_timeout: float = 5.0,
     study = three_arm_study(endpoint=endpoint, **study_kwargs)
     pid = advance_to_chat(ParticipantFactory(study=study)).pk
     return Participant.objects.select_related("study", "condition").get(pk=pid)
+
+
+def repin(participant, **arm_changes) -> None:
+    """Edit the arms and pin the participant to the resulting version, as if they had consented
+    after the edit (turns read arm settings from the participant's version)."""
+    participant.study.conditions.update(**arm_changes)
+    version = versions.version_publish(participant.study)
+    Participant.objects.filter(pk=participant.pk).update(
+        version=version, config_version=version.number
+    )
 
 
 @sync_to_async
@@ -313,9 +323,9 @@ async def test_a_turn_against_the_real_embedded_model(embedded_model):
 async def test_a_reply_waiting_for_its_first_token_keeps_showing_it_is_alive(fake_model, settings):
     settings.CHAT_CHECKPOINT_INTERVAL = 0.1
     participant = await make_chatting(fake_model.base_url, model="fake-slow")
-    await sync_to_async(
-        participant.condition.__class__.objects.filter(study=participant.study).update
-    )(generation_params={"max_tokens": 4, "fake_first_token_delay_ms": 1500})
+    await sync_to_async(repin)(
+        participant, generation_params={"max_tokens": 4, "fake_first_token_delay_ms": 1500}
+    )
     comm, _, _ = await connect(participant)
     await comm.receive_json_from()
     await send_turn(comm)

@@ -6,7 +6,8 @@ from django.utils import timezone
 from studies.models import Event, Message, Participant, TurnRating
 from studies.services import turns
 from studies.services.errors import StudyActionError
-from tests.studies.conftest import complete_reply, new_key
+from tests.factories import ParticipantFactory
+from tests.studies.conftest import advance_to_chat, complete_reply, new_key
 
 pytestmark = pytest.mark.django_db
 
@@ -108,10 +109,11 @@ def test_a_rating_when_none_is_due_is_refused(chatting):
     assert snapshot(chatting) == before
 
 
-def test_sending_too_fast_is_rate_limited(chatting, settings):
+def test_sending_too_fast_is_rate_limited(study, settings):
     settings.CHAT_TURNS_PER_MINUTE = 2
-    chatting.study.rating_every = 0
-    chatting.study.save()
+    study.rating_every = 0
+    study.save()
+    chatting = advance_to_chat(ParticipantFactory(study=study))
     for i in range(2):
         complete(
             turns.turn_start(

@@ -134,11 +134,18 @@
       ? fmt(gettext("%(n)s characters; at least %(min)s needed."), { n: n, min: minChars }) : "";
   }
 
+  function say(el, text) { if (el.textContent !== text) el.textContent = text; } // no re-announcing
+
   function showTimeUp() {
     clock.hidden = false;
-    clock.textContent = gettext("Your time for the chat is up. Please continue to the final questions.");
+    say(clock, gettext("Your time for the chat is up. Please continue to the final questions."));
+    const hadFocus = composer.contains(document.activeElement);
     composer.hidden = true;
-    if (!streaming) { finish.hidden = false; }
+    // A rating still due must be given first (the server refuses finishing until then).
+    if (!streaming && (ratingDue === null || ratingDue === undefined)) {
+      finish.hidden = false;
+      if (hadFocus) finish.querySelector("button").focus();
+    }
   }
 
   function tick() {
@@ -148,7 +155,7 @@
     if (left <= warningMs) {
       const minutes = Math.ceil(left / 60000);
       clock.hidden = false;
-      clock.textContent = fmt(gettext("About %(m)s minute(s) left for the chat."), { m: minutes });
+      say(clock, fmt(gettext("About %(m)s minute(s) left for the chat."), { m: minutes }));
       if (!warned) { warned = true; alerts.textContent = clock.textContent; }
     }
   }
