@@ -71,8 +71,10 @@ PARTICIPANTS = Table(
         _c(
             "user_tokens",
             "int",
-            "Tokens the participant wrote, by the server's counts: per turn, the prompt's growth "
-            "beyond the previous prompt and reply (includes a few chat-template tokens per turn).",
+            "Tokens the participant wrote from turn 2 on, by the server's counts: per turn, the "
+            "prompt's growth beyond the previous prompt and reply (a few chat-template tokens "
+            "included); turn 1 is left out (its prompt is mostly the arm's system prompt); empty "
+            "when a reply lacks counts.",
         ),
         _c("user_chars", "int", "Characters the participant wrote to the assistant in total."),
         _c("comprehension_failures", "int", "Wrong comprehension-check attempts."),

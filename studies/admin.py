@@ -2,14 +2,17 @@
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
 from django.db import models
 from django.db.models import Count, Q
+from django.http import FileResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from studies import admin_reports, tasks
 from studies.models import Condition, Event, ModelEndpoint, Participant, Study, StudyVersion, Task
-from studies.services import assignment, exclusions, lifecycle, outcomes, versions
+from studies.services import assignment, exclusions, lifecycle, outcomes, reports, versions
 from studies.services.errors import StudyActionError
 
 
@@ -48,12 +51,22 @@ class StudyAdmin(admin.ModelAdmin):
         "n_participants",
         "n_completed",
         "monitor_link",
+        "report_link",
     ]
     list_filter = ["status"]
     prepopulated_fields = {"slug": ["title"]}
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [ConditionInline, TaskInline]
-    actions = ["go_live", "pause", "resume", "close", "apply_exclusion_rules"]
+    actions = [
+        "go_live",
+        "pause",
+        "resume",
+        "close",
+        "apply_exclusion_rules",
+        "export_data",
+        "export_in_background",
+        "build_report",
+    ]
     filter_horizontal = ["linked_studies"]
     fieldsets = [
         (None, {"fields": ["slug", "title", "status", "config_version", "consent_text",
@@ -140,10 +153,61 @@ class StudyAdmin(admin.ModelAdmin):
             )
         )
 
+    def has_export_permission(self, request) -> bool:
+        return admin_reports.may_export(self, request)
+
+    @admin.action(description="Export data (download a zip; small studies)", permissions=["export"])
+    def export_data(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Export one study at a time.", messages.ERROR)
+            return None
+        study = queryset.get()
+        form = admin_reports.ExportForm(request.POST if "export" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.opts,
+                "title": f"Export {study.title}",
+                "study": study,
+                "form": form,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/studies/export_confirm.html", context)
+        data = form.cleaned_data
+        spool = reports.export_to_temporary_zip(
+            study, fmt=data["fmt"], include_pilot=data["include_pilot"], raw_ids=data["raw_ids"]
+        )
+        name = f"{study.slug}-export{'-raw-ids' if data['raw_ids'] else ''}.zip"
+        return FileResponse(spool, as_attachment=True, filename=name)
+
+    @admin.action(
+        description="Export data in the background (large studies; pseudonymised ids)",
+        permissions=["export"],
+    )
+    def export_in_background(self, request, queryset) -> None:
+        for study in queryset:
+            tasks.export_study_task.delay_on_commit(study.pk, "parquet", False)
+            self.message_user(
+                request,
+                format_html(
+                    '{}: export queued; the zip appears on the <a href="{}">report page</a>.',
+                    study.slug,
+                    admin_reports.report_url(study),
+                ),
+            )
+
+    @admin.action(description="Build analysis report", permissions=["export"])
+    def build_report(self, request, queryset) -> None:
+        for study in queryset:
+            if self.has_change_permission(request, study):
+                admin_reports.queue_report(request, study)
+            else:
+                self.message_user(request, f"{study.slug}: not allowed.", messages.ERROR)
+
     def get_urls(self):
         from studies.admin_monitor import monitor_urls
 
-        return monitor_urls(self) + super().get_urls()
+        return monitor_urls(self) + admin_reports.report_urls(self) + super().get_urls()
 
     @admin.display(description="participants", ordering="_n")
     def n_participants(self, obj: Study) -> int:
@@ -153,6 +217,10 @@ class StudyAdmin(admin.ModelAdmin):
     def monitor_link(self, obj: Study) -> str:
         url = reverse("admin:studies_study_monitor", args=[obj.pk])
         return format_html('<a href="{}">monitor</a>', url)
+
+    @admin.display(description="report")
+    def report_link(self, obj: Study) -> str:
+        return format_html('<a href="{}">report</a>', admin_reports.report_url(obj))
 
     @admin.display(description="completed", ordering="_done")
     def n_completed(self, obj: Study) -> int:

@@ -507,3 +507,38 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} ({self.participant_id})"
+
+
+class ReportRun(models.Model):
+    """One export-and-analysis run of a study, built by a Celery task; the admin shows the last."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="report_runs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="0 to 1.")
+    step = models.CharField(max_length=200, blank=True)
+    include_pilot = models.BooleanField(default=False)
+    reference_arm = models.CharField(max_length=40, blank=True)
+    out_dir = models.CharField(max_length=500, blank=True)
+    summary = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0, progress__lte=1), name="report_run_progress_0_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"report {self.pk} of {self.study_id} ({self.status})"

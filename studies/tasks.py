@@ -2,7 +2,8 @@
 
 from celery import shared_task
 
-from studies.services import housekeeping, turns
+from studies.models import Study
+from studies.services import housekeeping, reports, turns
 
 
 @shared_task
@@ -21,3 +22,16 @@ def time_out_participants() -> int:
 def abandon_stale_participants() -> int:
     """End participations inactive past their study's abandon_after_minutes as abandoned."""
     return len(housekeeping.participants_abandon_stale())
+
+
+@shared_task
+def build_study_report(run_id: int) -> str:
+    """Export a study and build its analysis report for a queued ReportRun; returns its status."""
+    return reports.report_run_execute(run_id=run_id).status
+
+
+@shared_task
+def export_study_task(study_id: int, fmt: str = "parquet", include_pilot: bool = False) -> str:
+    """Export a large study into REPORTS_DIR as a zip (pseudonymised ids); returns its path."""
+    study = Study.objects.get(pk=study_id)
+    return str(reports.export_for_download(study, fmt=fmt, include_pilot=include_pilot))

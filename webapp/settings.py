@@ -4,6 +4,7 @@
 accept a `<NAME>_FILE` variant pointing at a file (django-environ's FileAwareEnv).
 """
 
+import hashlib
 from pathlib import Path
 
 import environ
@@ -153,6 +154,14 @@ HEARTBEAT_SECONDS = env.int("HEARTBEAT_SECONDS", default=15)
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
 # Minutes past a study's time limit after which an unfinished participant counts as timed out.
 TIMEOUT_GRACE_MINUTES = env.int("TIMEOUT_GRACE_MINUTES", default=15)
+
+# Exports and analysis reports. Recruiting ids are exported as HMAC-SHA256 pseudonyms under this
+# key (derived from DJANGO_SECRET_KEY when unset: set it to keep pseudonyms stable across a key
+# rotation). Report runs and background exports are written under REPORTS_DIR.
+EXPORT_PSEUDONYM_KEY = env.str("EXPORT_PSEUDONYM_KEY", default="") or (
+    "derived:" + hashlib.sha256(f"export-pseudonym:{SECRET_KEY}".encode()).hexdigest()
+)
+REPORTS_DIR = Path(env.str("REPORTS_DIR", default=str(BASE_DIR / ".local" / "reports")))
 
 # The model endpoint that seed_demo gives the three demo arms (the embedded server by default).
 MODEL_BASE_URL = env.str("MODEL_BASE_URL", default="http://127.0.0.1:8081/v1")

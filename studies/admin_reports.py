@@ -1,0 +1,176 @@
+"""Reports and exports in the admin: the report page (polled while a run builds), its files and
+the zipped exports. All of it is participant data: only staff who may view participants get it.
+"""
+
+from functools import partial
+from pathlib import Path
+
+from django import forms
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.http import require_GET, require_POST
+
+from studies import tasks
+from studies.models import ReportRun, Study
+from studies.services import reports
+from studies.services.exports import FORMATS
+
+RUN_FILES = {"report.html", "summary.json", "notebook.ipynb", "export.zip"}
+
+
+class ExportForm(forms.Form):
+    fmt = forms.ChoiceField(label="Format", choices=[(f, f) for f in FORMATS], initial="parquet")
+    include_pilot = forms.BooleanField(label="Include pilot participants", required=False)
+    raw_ids = forms.BooleanField(
+        label="Raw recruiting ids (e.g. Prolific PIDs) instead of keyed hashes", required=False
+    )
+    confirm_raw_ids = forms.BooleanField(
+        label="I confirm the download will hold personal data and I will store it accordingly",
+        required=False,
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("raw_ids") and not data.get("confirm_raw_ids"):
+            raise forms.ValidationError("Raw ids need the confirmation below them.")
+        return data
+
+
+def may_export(model_admin, request: HttpRequest, study: Study | None = None) -> bool:
+    """Exports hold every participant's data: staff who may view the study and its participants."""
+    user = request.user
+    return (
+        user.is_active
+        and user.is_staff
+        and model_admin.has_view_permission(request, study)
+        and user.has_perm("studies.view_participant")
+    )
+
+
+def report_urls(model_admin) -> list:
+    """URL patterns under /admin/studies/study/<id>/report/ and /exports/, behind admin login."""
+    wrap = model_admin.admin_site.admin_view
+    name = f"{model_admin.opts.app_label}_{model_admin.opts.model_name}_report"
+    views = [
+        ("<int:study_id>/report/", report_page, name),
+        ("<int:study_id>/report/build/", report_build, f"{name}_build"),
+        ("<int:study_id>/report/<int:run_id>/<str:name>", report_file, f"{name}_file"),
+        ("<int:study_id>/exports/<str:name>", export_file, f"{name}_export"),
+    ]
+    return [
+        path(route, wrap(partial(view, model_admin=model_admin)), name=n)
+        for route, view, n in views
+    ]
+
+
+def _study(request: HttpRequest, study_id: int, model_admin) -> Study:
+    study = get_object_or_404(Study, pk=study_id)
+    if not may_export(model_admin, request, study):
+        raise PermissionDenied
+    return study
+
+
+def report_url(study: Study) -> str:
+    return reverse("admin:studies_study_report", args=[study.pk])
+
+
+@require_GET
+def report_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
+    """The latest report run: progress while it builds, then the report and its downloads."""
+    study = _study(request, study_id, model_admin)
+    run = reports.latest_report_run(study)
+    context = {
+        "study": study,
+        "run": run,
+        "poll_url": report_url(study),
+        "polling": run is not None
+        and run.status in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING),
+        "percent": round((run.progress if run else 0) * 100),
+        "exports": [p.name for p in reports.export_zips(study)],
+        "can_build": model_admin.has_change_permission(request, study),
+        "arms": list(study.conditions.values_list("key", flat=True)),
+    }
+    if request.htmx:
+        return render(request, "admin/studies/report.html#report-status", context)
+    context |= {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": f"Analysis report: {study.title}",
+    }
+    return render(request, "admin/studies/report.html", context)
+
+
+@require_POST
+def report_build(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
+    """Queue a new report run (export, then statistics) on a worker."""
+    study = _study(request, study_id, model_admin)
+    if not model_admin.has_change_permission(request, study):
+        raise PermissionDenied
+    arms = set(study.conditions.values_list("key", flat=True))
+    reference = request.POST.get("reference_arm", "")
+    queue_report(
+        request,
+        study,
+        include_pilot=request.POST.get("include_pilot") == "on",
+        reference_arm=reference if reference in arms else "",
+    )
+    return HttpResponseRedirect(report_url(study))
+
+
+def queue_report(
+    request: HttpRequest, study: Study, *, include_pilot: bool = False, reference_arm: str = ""
+) -> ReportRun:
+    run = reports.report_run_create(
+        study_id=study.pk,
+        by=request.user.get_username(),
+        include_pilot=include_pilot,
+        reference_arm=reference_arm,
+    )
+    tasks.build_study_report.delay_on_commit(run.pk)
+    messages.success(request, f"{study.slug}: report queued; this page shows its progress.")
+    return run
+
+
+def _run_file(run: ReportRun, *parts: str) -> Path:
+    base = Path(run.out_dir).resolve()
+    target = base.joinpath(*parts).resolve()
+    if not run.out_dir or not target.is_relative_to(base) or not target.is_file():
+        raise Http404("No such file.")
+    return target
+
+
+def _run(request: HttpRequest, study_id: int, run_id: int, model_admin) -> ReportRun:
+    study = _study(request, study_id, model_admin)
+    return get_object_or_404(ReportRun, pk=run_id, study=study, status=ReportRun.Status.DONE)
+
+
+@require_GET
+@xframe_options_sameorigin
+def report_file(
+    request: HttpRequest, study_id: int, run_id: int, name: str, *, model_admin
+) -> FileResponse:
+    """report.html (framed by the report page), summary.json, notebook.ipynb or export.zip."""
+    run = _run(request, study_id, run_id, model_admin)
+    if name not in RUN_FILES:
+        raise Http404("No such file.")
+    relative = ("export.zip",) if name == "export.zip" else ("report", name)
+    download = name != "report.html"
+    filename = f"{run.study.slug}-{run.pk}-{name}"
+    return FileResponse(
+        _run_file(run, *relative).open("rb"), as_attachment=download, filename=filename
+    )
+
+
+@require_GET
+def export_file(request: HttpRequest, study_id: int, name: str, *, model_admin) -> FileResponse:
+    """A zipped export made in the background (export_study_task)."""
+    study = _study(request, study_id, model_admin)
+    found = {p.name: p for p in reports.export_zips(study)}
+    if name not in found:
+        raise Http404("No such export.")
+    filename = f"{study.slug}-{name}"
+    return FileResponse(found[name].open("rb"), as_attachment=True, filename=filename)
