@@ -157,9 +157,32 @@ class ModelEndpoint(models.Model):
     )
     connect_timeout = models.FloatField(default=5.0)
     read_timeout = models.FloatField(default=60.0)
-    max_concurrent_streams = models.PositiveIntegerField(default=64)
+    replica_urls = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="More base URLs serving the same model (replicas); requests go to the replica "
+        "with the fewest outstanding streams, skipping unhealthy ones.",
+    )
+    max_concurrent_streams = models.PositiveIntegerField(
+        default=64, help_text="Streams at once across all web processes (held in Redis)."
+    )
+    server = models.CharField(
+        max_length=10,
+        choices=[("external", "External (not started here)"), ("llama_cpp", "llama.cpp"),
+                 ("vllm", "vLLM")],
+        default="external",
+        help_text="What `serve_models` starts for this endpoint.",
+    )  # fmt: skip
+    launch = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='For serve_models: {"model": ..., "port": 8000, "tensor_parallel_size": 1, '
+        '"gpu_memory_utilization": 0.9, "max_model_len": 4096, "lora_modules": {"name": "path"}, '
+        '"extra_args": []}.',
+    )
     health = models.CharField(max_length=10, choices=Health.choices, default=Health.UNKNOWN)
     health_checked_at = models.DateTimeField(null=True, blank=True)
+    health_detail = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return self.name
@@ -379,6 +402,9 @@ class Message(models.Model):
         max_length=10, blank=True, help_text="stream = server usage; tokenize = server tokenizer."
     )
     time_to_first_token = models.FloatField(null=True, blank=True)
+    inter_token_latency = models.FloatField(
+        null=True, blank=True, help_text="Mean seconds between streamed chunks after the first."
+    )
     duration = models.FloatField(null=True, blank=True)
     finish_reason = models.CharField(max_length=30, blank=True)
     idempotency_key = models.UUIDField(null=True, blank=True)
