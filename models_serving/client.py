@@ -72,6 +72,7 @@ class GenerationResult:
     time_to_first_token: float | None
     duration: float
     usage_source: str = "stream"  # "stream" (server's usage chunk), "tokenize" or "none"
+    inter_token_latency: float | None = None  # mean seconds between text chunks after the first
 
 
 _ClientKey = tuple[str, str, float, float, int]
@@ -144,6 +145,7 @@ class _Accumulator:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
 
     def absorb(self, chunk: dict[str, Any]) -> str:
         """Record one decoded chunk and return its text delta ("" if none)."""
@@ -166,8 +168,9 @@ class _Accumulator:
         text = (first.get("delta") or {}).get("content")
         if not text:
             return ""
+        self.last_token_at = time.monotonic()
         if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
+            self.first_token_at = self.last_token_at
         self.parts.append(text)
         return text
 
@@ -176,6 +179,9 @@ class _Accumulator:
         if not self.saw_choice or self.finish_reason is None:
             raise ModelCallError("malformed_stream", "stream ended without a finish_reason")
         ttft = None if self.first_token_at is None else self.first_token_at - self.started
+        itl = None
+        if self.first_token_at is not None and self.last_token_at and len(self.parts) > 1:
+            itl = (self.last_token_at - self.first_token_at) / (len(self.parts) - 1)
         return GenerationResult(
             text="".join(self.parts),
             model=self.model,
@@ -184,6 +190,7 @@ class _Accumulator:
             completion_tokens=self.completion_tokens,
             time_to_first_token=ttft,
             duration=time.monotonic() - self.started,
+            inter_token_latency=itl,
         )
 
 

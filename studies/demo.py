@@ -1,8 +1,11 @@
 """The demo study: the paper's three arms, three document types, about five topics each."""
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.db import transaction
 
+from models_serving.launch import EMBEDDED_ALIAS
 from studies.models import Condition, ModelEndpoint, Study, Task
 from studies.services.versions import version_publish
 
@@ -75,12 +78,31 @@ COMPREHENSION = [
 ]
 
 
+def _default_serving() -> dict[str, object]:
+    """What serve_models starts for the default endpoint: vLLM with the adapter, or llama.cpp."""
+    url = urlsplit(settings.MODEL_BASE_URL)
+    port = url.port or 8000
+    if settings.COLLABLLM_ADAPTER_PATH:
+        lora = {settings.COLLABLLM_MODEL_NAME: settings.COLLABLLM_ADAPTER_PATH}
+        return {
+            "server": "vllm",
+            "launch": {"model": settings.MODEL_NAME, "port": port, "lora_modules": lora},
+        }
+    if settings.MODEL_NAME == EMBEDDED_ALIAS and url.hostname in ("127.0.0.1", "localhost"):
+        return {"server": "llama_cpp", "launch": {"port": port, "n_ctx": 2048}}
+    return {"server": "external", "launch": {}}
+
+
 def _endpoints() -> tuple[ModelEndpoint, ModelEndpoint]:
     base, _ = ModelEndpoint.objects.update_or_create(
         name="default",
-        defaults={"base_url": settings.MODEL_BASE_URL, "served_model": settings.MODEL_NAME},
+        defaults={
+            "base_url": settings.MODEL_BASE_URL,
+            "served_model": settings.MODEL_NAME,
+            **_default_serving(),
+        },
     )
-    if not settings.COLLABLLM_MODEL_BASE_URL:
+    if settings.COLLABLLM_ADAPTER_PATH or not settings.COLLABLLM_MODEL_BASE_URL:
         return base, base
     collab, _ = ModelEndpoint.objects.update_or_create(
         name="collabllm",
@@ -114,6 +136,7 @@ def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) 
         },
     )
     base, collab = _endpoints()
+    adapter = settings.COLLABLLM_MODEL_NAME if settings.COLLABLLM_ADAPTER_PATH else ""
     for key, label, prompt in ARMS:
         Condition.objects.update_or_create(
             study=study,
@@ -121,6 +144,8 @@ def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) 
             defaults={
                 "label": label,
                 "endpoint": collab if key == "collabllm" else base,
+                # On the adapter endpoint the arm asks vLLM for the LoRA by its served name.
+                "model_name": adapter if key == "collabllm" else "",
                 "system_prompt": prompt,
                 "generation_params": GENERATION_PARAMS,
             },

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from models_serving.client import EndpointSpec
 from models_serving.prompts import load_prompt
+from models_serving.routing import replica_list
 from studies.models import Message, Participant, Study, Task
 from studies.services.participants import completed_turns
 from studies.services.rendering import render_markdown
@@ -42,6 +43,9 @@ class GenerationPlan:
     spec: EndpointSpec
     messages: list[dict[str, str]]
     params: dict
+    endpoint: str = ""  # the endpoint's name: the key of its stream slots in Redis
+    replicas: tuple[str, ...] = ()  # base URLs to route across, primary first
+    max_streams: int = 0  # concurrent streams across all web processes; 0 = no limit
 
 
 def generation_plan(*, message_id: int) -> GenerationPlan:
@@ -64,13 +68,22 @@ def generation_plan(*, message_id: int) -> GenerationPlan:
         ):
             history.append({"role": m.role, "content": m.content})
     spec = EndpointSpec(
-        base_url=reply.endpoint_url or endpoint.base_url,
+        base_url=endpoint.base_url,
         model=reply.model,
         api_key=os.environ.get(endpoint.api_key_env, "none") if endpoint.api_key_env else "none",
         connect_timeout=endpoint.connect_timeout,
         read_timeout=endpoint.read_timeout,
     )
-    return GenerationPlan(message_id, reply.participant_id, spec, history, reply.generation_params)
+    return GenerationPlan(
+        message_id,
+        reply.participant_id,
+        spec,
+        history,
+        reply.generation_params,
+        endpoint=endpoint.name,
+        replicas=tuple(replica_list(endpoint.base_url, endpoint.replica_urls or ())),
+        max_streams=endpoint.max_concurrent_streams,
+    )
 
 
 def message_frame(message: Message) -> dict:

@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from studies.models import Study
-from studies.services import housekeeping, reports, turns
+from studies.services import endpoints, housekeeping, reports, turns
 
 
 @shared_task
@@ -35,3 +35,9 @@ def export_study_task(study_id: int, fmt: str = "parquet", include_pilot: bool =
     """Export a large study into REPORTS_DIR as a zip (pseudonymised ids); returns its path."""
     study = Study.objects.get(pk=study_id)
     return str(reports.export_for_download(study, fmt=fmt, include_pilot=include_pilot))
+
+
+@shared_task
+def check_endpoint_health() -> dict[str, str]:
+    """Check the model endpoints of live studies and record their health (beat: every 60 s)."""
+    return endpoints.endpoints_check_live()

@@ -32,9 +32,11 @@ INSTALLED_APPS = [
     "template_partials",
     "studies",
     "training",
+    "webapp.apps.WebappConfig",
 ]
 
 MIDDLEWARE = [
+    "webapp.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -99,6 +101,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "studies.tasks.abandon_stale_participants",
         "schedule": 60.0,
     },
+    "check-endpoint-health": {"task": "studies.tasks.check_endpoint_health", "schedule": 60.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -120,7 +123,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "webapp" / "static"]
+# webapp/static is found as an app folder (webapp is in INSTALLED_APPS for its deploy checks).
 # Production serves `collectstatic` output; development and tests read the app folders directly.
 WHITENOISE_USE_FINDERS = env.bool("WHITENOISE_USE_FINDERS", default=DEBUG)
 WHITENOISE_AUTOREFRESH = env.bool("WHITENOISE_AUTOREFRESH", default=DEBUG)
@@ -168,10 +171,29 @@ MODEL_BASE_URL = env.str("MODEL_BASE_URL", default="http://127.0.0.1:8081/v1")
 MODEL_NAME = env.str("MODEL_NAME", default="smollm2-135m")
 COLLABLLM_MODEL_BASE_URL = env.str("COLLABLLM_MODEL_BASE_URL", default="")
 COLLABLLM_MODEL_NAME = env.str("COLLABLLM_MODEL_NAME", default="collabllm")
+# Path (or hub id) of the CollabLLM LoRA adapter: when set, seed_demo describes one vLLM server
+# (`serve_models`) with the base model MODEL_NAME and this adapter served as COLLABLLM_MODEL_NAME.
+COLLABLLM_ADAPTER_PATH = env.str("COLLABLLM_ADAPTER_PATH", default="")
 
+# Prometheus metrics at /metrics (webapp/metrics.py): off (404) while this is empty; scrapers send
+# `Authorization: Bearer <token>`, staff may open it in the browser.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Largest websocket frame the ASGI server accepts, in bytes. uvicorn reads this same variable
+# itself (--ws-max-size); 0 means unset (uvicorn's 16 MiB). The deploy checks compare it with
+# CHAT_MAX_MESSAGE_CHARS (webapp/checks.py).
+UVICORN_WS_MAX_SIZE = env.int("UVICORN_WS_MAX_SIZE", default=0)
+
+# LOG_FORMAT=json writes one JSON object per line (webapp/jsonlog.py); text is for terminals.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("json", "text"):
+    raise environ.ImproperlyConfigured("LOG_FORMAT must be json or text.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "webapp.jsonlog.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }

@@ -5,24 +5,46 @@
 socket on any web process can follow. The partial text is checkpointed every
 CHAT_CHECKPOINT_INTERVAL; those frames also carry the whole text so a socket that joined late heals
 any gap. The finished reply is written once.
+
+Before streaming, the reply takes one of its endpoint's stream slots in Redis (`limits`) on the
+replica with the fewest outstanding streams (`routing`). While none is free the
+participant sees a "busy" frame and the reply tries again with backoff until BUSY_DEADLINE. A
+connection error or 5xx before the first token moves to the next replica; once text has streamed
+it is never retried. A checkpoint that finds the participant gone or the study closed cancels the
+reply, which drops the upstream connection.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
+from models_serving import metrics
 from models_serving.client import GenerationResult, ModelCallError, stream_chat
+from models_serving.limits import Lease, StreamSlots
+from models_serving.routing import choose_replica
 from studies.selectors import GenerationPlan, generation_plan, message_frame
 from studies.services import turns
 
 log = logging.getLogger(__name__)
+
+KEY_PREFIX = "collabllm:streams"
+BUSY_DEADLINE = 60.0  # seconds a reply waits for a free slot before its turn fails as busy
+BUSY_BACKOFF = (0.5, 4.0)  # first and longest wait between tries for a slot
+LEASE_TTL = 30.0  # a crashed process's slots free themselves after this; live ones renew at 1/3
+DOWN_COOLDOWN = 15.0  # seconds a replica that refused a connection is passed over by every process
+NO_LIMIT = 1_000_000
+# Failures that cannot have produced text the participant saw; worth another replica.
+RETRY_BEFORE_FIRST_TOKEN = frozenset({"unreachable", "server_error", "malformed_stream"})
+BUSY_MESSAGE = "The assistant is busy right now. Please retry in a minute."
 
 
 def chat_group(participant_id: int) -> str:
@@ -36,6 +58,8 @@ class RunningReply:
     participant_id: int
     text: str = ""
     task: asyncio.Task | None = field(default=None, repr=False)
+    replica: str = ""  # the base URL streaming (or last tried)
+    abandoned: bool = False  # cancelled because the participant left or the study closed
 
 
 _running: dict[int, RunningReply] = {}
@@ -93,40 +117,156 @@ async def _relay(reply: RunningReply, wake: asyncio.Event) -> None:
             await _publish(reply.participant_id, frame)
         if due:
             last_checkpoint = time.monotonic()
-            await database_sync_to_async(turns.turn_checkpoint)(
+            live = await database_sync_to_async(turns.turn_checkpoint)(
                 message_id=reply.message_id, text=reply.text[:sent]
             )
+            if not live and reply.task is not None:
+                reply.abandoned = True
+                reply.task.cancel()
+                return
         await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
 
 
+class _Busy(Exception):
+    """No stream slot came free before BUSY_DEADLINE."""
+
+
 async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
-    result: GenerationResult | None = None
     wake = asyncio.Event()
     relay = asyncio.create_task(_relay(reply, wake))
+    endpoint = plan.endpoint if plan is not None else "unknown"
     try:
         if plan is None:
             plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
-        async with aclosing(stream_chat(plan.spec, plan.messages, plan.params)) as stream:
-            async for item in stream:
-                if isinstance(item, GenerationResult):
-                    result = item
-                elif item:
-                    reply.text += item
-                    wake.set()
+        endpoint = plan.endpoint
+        async with _stream_slots() as slots:
+            with metrics.stream_in_flight(endpoint):
+                result = await _stream(reply, plan, slots, wake)
         relay.cancel()
-        if result is None:
-            raise ModelCallError("malformed_stream", "the stream ended without a result")
         await _finish(reply, result)
+        metrics.observe_reply(
+            endpoint,
+            "completed",
+            ttft=result.time_to_first_token,
+            itl=result.inter_token_latency,
+            tokens=result.completion_tokens,
+        )
+    except _Busy as exc:
+        await _fail(reply, "busy", str(exc), BUSY_MESSAGE)
+        metrics.observe_reply(endpoint, "busy")
     except ModelCallError as exc:
         await _fail(reply, exc.kind, exc.detail, exc.user_message())
+        metrics.observe_reply(endpoint, exc.kind)
     except asyncio.CancelledError:
         await asyncio.shield(_interrupted(reply))
+        metrics.observe_reply(endpoint, "interrupted")
         raise
     except Exception as exc:  # a bug must still end the turn visibly, never leave it streaming
         log.exception("reply %s failed", reply.message_id)
         await _fail(reply, "internal", repr(exc), "Something went wrong on our side.")
+        metrics.observe_reply(endpoint, "internal")
     finally:
         relay.cancel()
+
+
+_slots: dict[asyncio.AbstractEventLoop, list] = {}
+
+
+@contextlib.asynccontextmanager
+async def _stream_slots() -> AsyncIterator[StreamSlots]:
+    """The Redis slots client of this event loop, closed when its last running reply ends."""
+    loop = asyncio.get_running_loop()
+    entry = _slots.get(loop)
+    if entry is None:
+        entry = _slots[loop] = [StreamSlots(settings.REDIS_URL, KEY_PREFIX), 0]
+    entry[1] += 1
+    try:
+        yield entry[0]
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0 and _slots.get(loop) is entry:
+            del _slots[loop]
+            await asyncio.shield(entry[0].aclose())
+
+
+async def _stream(
+    reply: RunningReply, plan: GenerationPlan, slots: StreamSlots, wake: asyncio.Event
+) -> GenerationResult:
+    """Stream from the least busy replica, moving on to the next only before the first token."""
+    tried: set[str] = set()
+    while True:
+        lease = await _acquire(reply, plan, slots, tried)
+        reply.replica = lease.replica_url
+        heartbeat = asyncio.create_task(_heartbeat(slots, lease))
+        try:
+            return await _stream_from(reply, plan, lease.replica_url, wake)
+        except ModelCallError as exc:
+            tried.add(lease.replica_url)
+            if exc.kind == "unreachable":
+                await slots.mark_down(plan.endpoint, lease.replica_url, DOWN_COOLDOWN)
+            if (
+                reply.text
+                or exc.kind not in RETRY_BEFORE_FIRST_TOKEN
+                or tried >= set(plan.replicas)
+            ):
+                raise
+            log.warning(
+                "reply %s: %s failed before text (%s)", reply.message_id, reply.replica, exc
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(RedisError):
+                await asyncio.shield(slots.release(lease))
+
+
+async def _acquire(
+    reply: RunningReply, plan: GenerationPlan, slots: StreamSlots, tried: set[str]
+) -> Lease:
+    """Take a slot on the best untried replica, telling the participant while none is free."""
+    replicas = plan.replicas or (plan.spec.base_url,)
+    give_up, wait = time.monotonic() + BUSY_DEADLINE, BUSY_BACKOFF[0]
+    while True:
+        url = replicas[0]
+        if len(replicas) > 1:  # one replica: no choice to make, so save the round trip
+            snapshot = await slots.snapshot(plan.endpoint)
+            url = choose_replica(replicas, snapshot.outstanding, snapshot.down, tried) or url
+        lease = await slots.acquire(plan.endpoint, url, plan.max_streams or NO_LIMIT, LEASE_TTL)
+        if lease is not None:
+            return lease
+        if time.monotonic() + wait > give_up:
+            raise _Busy(f"no free stream slot on {plan.endpoint} within {BUSY_DEADLINE:.0f} s")
+        frame = {"frame": "busy", "id": reply.message_id, "retry_in": wait}
+        await _publish(reply.participant_id, frame)
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, BUSY_BACKOFF[1])
+
+
+async def _heartbeat(slots: StreamSlots, lease: Lease) -> None:
+    """Keep the lease alive while the stream runs (a crashed process simply stops renewing)."""
+    while True:
+        await asyncio.sleep(lease.ttl / 3)
+        try:
+            if not await slots.renew(lease):
+                log.warning("stream lease %s expired before renewal", lease.lease_id)
+        except RedisError:
+            log.warning("could not renew stream lease %s", lease.lease_id, exc_info=True)
+
+
+async def _stream_from(
+    reply: RunningReply, plan: GenerationPlan, url: str, wake: asyncio.Event
+) -> GenerationResult:
+    result: GenerationResult | None = None
+    spec = replace(plan.spec, base_url=url)
+    async with aclosing(stream_chat(spec, plan.messages, plan.params)) as stream:
+        async for item in stream:
+            if isinstance(item, GenerationResult):
+                result = item
+            elif item:
+                reply.text += item
+                wake.set()
+    if result is None:
+        raise ModelCallError("malformed_stream", "the stream ended without a result")
+    return result
 
 
 async def _finish(reply: RunningReply, result: GenerationResult) -> None:
@@ -140,6 +280,8 @@ async def _finish(reply: RunningReply, result: GenerationResult) -> None:
         time_to_first_token=result.time_to_first_token,
         duration=result.duration,
         usage_source=result.usage_source,
+        inter_token_latency=result.inter_token_latency,
+        endpoint_url=reply.replica,
     )
     await _publish(
         reply.participant_id,
@@ -154,7 +296,11 @@ async def _finish(reply: RunningReply, result: GenerationResult) -> None:
 
 async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) -> None:
     await database_sync_to_async(turns.turn_fail)(
-        message_id=reply.message_id, text=reply.text, kind=kind, detail=detail
+        message_id=reply.message_id,
+        text=reply.text,
+        kind=kind,
+        detail=detail,
+        endpoint_url=reply.replica,
     )
     await _publish(
         reply.participant_id,
@@ -172,9 +318,12 @@ async def _interrupted(reply: RunningReply) -> None:
     await database_sync_to_async(turns.turn_fail)(
         message_id=reply.message_id,
         text=reply.text,
-        kind="interrupted",
-        detail="generation was cancelled",
+        kind="abandoned" if reply.abandoned else "interrupted",
+        detail="participant left or study closed; upstream request cancelled"
+        if reply.abandoned
+        else "generation was cancelled",
         interrupted=True,
+        endpoint_url=reply.replica,
     )
     await _publish(
         reply.participant_id,

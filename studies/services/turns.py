@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from models_serving.prompts import load_prompt
-from studies.models import Message, Participant, TurnRating
+from studies.models import Message, Participant, Study, TurnRating
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
@@ -25,6 +25,8 @@ from studies.services.versions import arm_settings, frozen_study
 P = Participant.Status
 M = Message.Status
 RETRYABLE = {M.FAILED, M.INTERRUPTED}
+# A reply streaming for a participant who left for good, or in a closed study, is cancelled.
+GONE = {P.ABANDONED, P.RETURNED, P.TIMED_OUT, P.EXCLUDED}
 
 
 @dataclass(frozen=True)
@@ -180,11 +182,18 @@ def turn_retry(*, participant_id: int, message_id: int) -> Message:
     return reply
 
 
-def turn_checkpoint(*, message_id: int, text: str) -> None:
-    """Save the partial reply so far (one UPDATE, no event)."""
-    Message.objects.filter(pk=message_id, status=M.STREAMING).update(
-        content=text, updated_at=timezone.now()
+def turn_checkpoint(*, message_id: int, text: str) -> bool:
+    """Save the partial reply so far (one UPDATE, no event); False if it should stop.
+
+    The filter doubles as the abandonment check: the UPDATE touches no row when the reply is no
+    longer streaming, its participant has left for good, or its study was closed.
+    """
+    live = (
+        Message.objects.filter(pk=message_id, status=M.STREAMING)
+        .exclude(participant__status__in=GONE)
+        .exclude(participant__study__status=Study.Status.CLOSED)
     )
+    return live.update(content=text, updated_at=timezone.now()) > 0
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,8 @@ def turn_complete(
     time_to_first_token: float | None,
     duration: float,
     usage_source: str = "stream",
+    inter_token_latency: float | None = None,
+    endpoint_url: str = "",
 ) -> TurnOutcome:
     """Store the finished reply once and open the rating checkpoint when the schedule says so."""
     now = timezone.now()
@@ -224,6 +235,8 @@ def turn_complete(
         message.completion_tokens = completion_tokens
         message.usage_source = usage_source
         message.time_to_first_token = time_to_first_token
+        message.inter_token_latency = inter_token_latency
+        message.endpoint_url = endpoint_url or message.endpoint_url
         message.duration = duration
         message.completed_at = now
         message.save()
@@ -245,11 +258,18 @@ def turn_complete(
 
 
 def turn_fail(
-    *, message_id: int, text: str | None, kind: str, detail: str, interrupted: bool = False
+    *,
+    message_id: int,
+    text: str | None,
+    kind: str,
+    detail: str,
+    interrupted: bool = False,
+    endpoint_url: str = "",
 ) -> None:
-    """End a reply as failed (model error) or interrupted (process gone).
+    """End a reply as failed (model error) or interrupted (process gone, participant left).
 
     `text` is the partial reply so far; None keeps the last checkpoint already stored.
+    `endpoint_url` is the replica last tried, when one was.
     """
     status = M.INTERRUPTED if interrupted else M.FAILED
     with transaction.atomic():
@@ -265,9 +285,12 @@ def turn_fail(
         message.status = status
         message.error_kind = kind
         message.error_detail = detail[:2000]
+        message.endpoint_url = endpoint_url or message.endpoint_url
         message.save(
-            update_fields=["content", "status", "error_kind", "error_detail", "updated_at"]
-        )
+            update_fields=[
+                "content", "status", "error_kind", "error_detail", "endpoint_url", "updated_at"
+            ]
+        )  # fmt: skip
         event_record(
             study_id=message.participant.study_id,
             participant_id=message.participant_id,

@@ -183,6 +183,18 @@
       else return; // a gap: the next checkpoint frame carries the whole text
       b.body.textContent = b.text;
       announce(f.id, b.text, false);
+    } else if (f.type === "busy") {
+      // All stream slots are taken; the server retries by itself. Said once, politely, and
+      // replaced by the reply's text as soon as it starts.
+      const b = bubble({ id: f.id, role: "assistant", status: "streaming" });
+      const notice = gettext("The assistant is busy; retrying…");
+      if (!b.text) b.body.textContent = notice;
+      if (!announced.has("busy:" + f.id)) {
+        announced.set("busy:" + f.id, 1);
+        const p = document.createElement("p");
+        p.textContent = notice;
+        announcer.append(p);
+      }
     } else if (f.type === "complete") {
       render(f.message);
       announce(f.message.id, f.message.text, true);

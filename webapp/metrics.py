@@ -1,0 +1,91 @@
+"""Prometheus metrics for the web process and the model client, and the /metrics view.
+
+Each web process keeps its own figures (one uvicorn process per container); Prometheus scrapes
+every replica directly, never through the proxy, which answers /metrics with 404
+(docker/README.md). The view is off (404) unless METRICS_TOKEN is set; then it answers a bearer
+token or a staff session.
+
+Label values stay few: `endpoint` is the served model name of an arm's endpoint, `outcome` a
+fixed word (`completed`, `interrupted` or a ModelCallError kind), `view` a URL pattern name.
+"""
+
+import hmac
+import time
+from collections.abc import Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+# The model client's figures live beside the client (studies may not import webapp); importing
+# them here registers them before the first scrape.
+import models_serving.metrics  # noqa: F401
+
+http_requests_total = Counter(
+    "collabllm_http_requests_total",
+    "HTTP responses by method, view and status class.",
+    ["method", "view", "status"],
+)
+http_request_seconds = Histogram(
+    "collabllm_http_request_seconds",
+    "Seconds to produce an HTTP response (streamed bodies excluded).",
+    ["view"],
+)
+
+
+def _view_label(request: HttpRequest) -> str:
+    match = getattr(request, "resolver_match", None)
+    return match.view_name if match else "unmatched"
+
+
+def _record(request: HttpRequest, response: HttpResponse, started: float) -> None:
+    view = _view_label(request)
+    status = f"{response.status_code // 100}xx"
+    http_requests_total.labels(request.method or "", view, status).inc()
+    http_request_seconds.labels(view).observe(time.perf_counter() - started)
+
+
+class MetricsMiddleware:
+    """Count responses and time them; works on both the sync and the async path."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        _record(request, response, started)
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = await self.get_response(request)
+        _record(request, response, started)
+        return response
+
+
+def _authorised(request: HttpRequest, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user and user.is_active and user.is_staff)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus text exposition; 404 while METRICS_TOKEN is unset, 403 without access."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        raise Http404
+    if not _authorised(request, token):
+        return HttpResponse("forbidden", status=403, content_type="text/plain")
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
