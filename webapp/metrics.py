@@ -58,6 +58,9 @@ class MetricsMiddleware:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
+        scrape = _direct_scrape(request)
+        if scrape is not None:
+            return _as_awaitable(scrape) if iscoroutinefunction(self) else scrape
         if iscoroutinefunction(self):
             return self._acall(request)
         started = time.perf_counter()
@@ -72,10 +75,31 @@ class MetricsMiddleware:
         return response
 
 
+async def _as_awaitable(response: HttpResponse) -> HttpResponse:
+    return response
+
+
+def _direct_scrape(request: HttpRequest) -> HttpResponse | None:
+    """A Prometheus scrape with the bearer token, answered before any other middleware.
+
+    Prometheus scrapes each web replica by its own address (never through the proxy), which is
+    neither an allowed host nor https; answering here, ahead of the host check and the SSL
+    redirect, keeps both strict for everything else. Without the token the request goes the
+    normal way (the /metrics view, which also accepts a staff session).
+    """
+    token = settings.METRICS_TOKEN
+    if request.path != "/metrics" or not token or not _bearer_ok(request, token):
+        return None
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_ok(request: HttpRequest, token: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
 def _authorised(request: HttpRequest, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+    if _bearer_ok(request, token):
         return True
     user = getattr(request, "user", None)
     return bool(user and user.is_active and user.is_staff)

@@ -44,6 +44,16 @@ def test_the_bearer_token_reads_the_model_figures(client):
 
 
 @pytest.mark.django_db
+@override_settings(METRICS_TOKEN=TOKEN, SECURE_SSL_REDIRECT=True)
+def test_a_replica_is_scraped_by_its_own_address_with_the_token(client):
+    # Prometheus reaches each web replica by IP over plain http: not an allowed host, not https.
+    scrape = client.get("/metrics", HTTP_HOST="10.0.0.5:8000", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert scrape.status_code == 200 and b"collabllm_http_requests_total" in scrape.content
+    # Anything else from that address still meets the host check and the redirect.
+    assert client.get("/metrics", HTTP_HOST="10.0.0.5:8000").status_code == 400
+    assert client.get("/healthz", HTTP_HOST="10.0.0.5:8000").status_code == 400
+
+
 @override_settings(METRICS_TOKEN=TOKEN)
 def test_a_staff_session_reads_the_metrics(admin_client):
     assert admin_client.get("/metrics").status_code == 200
