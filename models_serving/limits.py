@@ -11,8 +11,11 @@ scripts also run on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -113,12 +116,42 @@ class StreamSlots:
         return bool(await self._renew(keys=[leases], args=[lease.lease_id, _ms(lease.ttl)]))
 
     async def release(self, lease: Lease) -> None:
-        """Give the slot back (a no-op for a lease already pruned)."""
+        """Give the slot back (a no-op for a lease already pruned) and wake the waiters."""
         leases, replicas, _ = self._keys(lease.endpoint)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(leases, lease.lease_id)
             pipe.hdel(replicas, lease.lease_id)
+            pipe.publish(self._freed(lease.endpoint), lease.lease_id)
             await pipe.execute()
+
+    def _freed(self, endpoint: str) -> str:
+        return f"{self.prefix}:{{{endpoint}}}:freed"
+
+    @contextlib.asynccontextmanager
+    async def waiting(self, endpoint: str) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
+        """Listen for released slots of an endpoint while waiting for one.
+
+        Yields `wait(seconds) -> bool`: True as soon as some process releases a slot (it may be
+        taken by another waiter first: try again), False when the seconds pass. Subscribing
+        before the first retry means no release between a failed acquire and the wait is missed,
+        so a waiter does not sit out its backoff while a slot stands free; the timeout only
+        covers slots freed by expiry (a crashed process), which publish nothing.
+        """
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self._freed(endpoint))
+
+        async def wait(seconds: float) -> bool:
+            deadline = asyncio.get_running_loop().time() + seconds
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if message is not None and message.get("type") == "message":
+                    return True
+            return False
+
+        try:
+            yield wait
+        finally:
+            await pubsub.aclose()
 
     async def snapshot(self, endpoint: str) -> Snapshot:
         """Live streams per replica and replicas cooling down, after pruning expired entries."""

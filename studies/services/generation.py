@@ -223,22 +223,34 @@ async def _acquire(
     reply: RunningReply, plan: GenerationPlan, slots: StreamSlots, tried: set[str]
 ) -> Lease:
     """Take a slot on the best untried replica, telling the participant while none is free."""
+    lease = await _try_acquire(plan, slots, tried)
+    if lease is not None:
+        return lease
+    # All slots are held: wait for a release anywhere (Redis pub/sub), telling the participant.
+    give_up, wait, announce = time.monotonic() + BUSY_DEADLINE, BUSY_BACKOFF[0], True
+    async with slots.waiting(plan.endpoint) as freed:
+        while True:
+            lease = await _try_acquire(plan, slots, tried)
+            if lease is not None:
+                return lease
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise _Busy(f"no free stream slot on {plan.endpoint} within {BUSY_DEADLINE:.0f} s")
+            if announce:  # once, and again after each quiet wait: not on every lost race
+                frame = {"frame": "busy", "id": reply.message_id, "retry_in": wait}
+                await _publish(reply.participant_id, frame)
+            announce = not await freed(min(wait, left))
+            if announce:  # no release: back off (slots freed only by expiry publish nothing)
+                wait = min(wait * 2, BUSY_BACKOFF[1])
+
+
+async def _try_acquire(plan: GenerationPlan, slots: StreamSlots, tried: set[str]) -> Lease | None:
     replicas = plan.replicas or (plan.spec.base_url,)
-    give_up, wait = time.monotonic() + BUSY_DEADLINE, BUSY_BACKOFF[0]
-    while True:
-        url = replicas[0]
-        if len(replicas) > 1:  # one replica: no choice to make, so save the round trip
-            snapshot = await slots.snapshot(plan.endpoint)
-            url = choose_replica(replicas, snapshot.outstanding, snapshot.down, tried) or url
-        lease = await slots.acquire(plan.endpoint, url, plan.max_streams or NO_LIMIT, LEASE_TTL)
-        if lease is not None:
-            return lease
-        if time.monotonic() + wait > give_up:
-            raise _Busy(f"no free stream slot on {plan.endpoint} within {BUSY_DEADLINE:.0f} s")
-        frame = {"frame": "busy", "id": reply.message_id, "retry_in": wait}
-        await _publish(reply.participant_id, frame)
-        await asyncio.sleep(wait)
-        wait = min(wait * 2, BUSY_BACKOFF[1])
+    url = replicas[0]
+    if len(replicas) > 1:  # one replica: no choice to make, so save the round trip
+        snapshot = await slots.snapshot(plan.endpoint)
+        url = choose_replica(replicas, snapshot.outstanding, snapshot.down, tried) or url
+    return await slots.acquire(plan.endpoint, url, plan.max_streams or NO_LIMIT, LEASE_TTL)
 
 
 async def _heartbeat(slots: StreamSlots, lease: Lease) -> None:

@@ -74,3 +74,15 @@ async def test_a_replica_marked_down_is_seen_until_its_cool_down_ends(slots):
     assert (await slots.snapshot("other")).down == frozenset()
     await asyncio.sleep(0.25)
     assert (await slots.snapshot("ep")).down == frozenset()
+
+
+async def test_a_waiter_hears_a_release_at_once(slots):
+    first = await slots.acquire("ep-wait", "http://a", 1, 30)
+    assert first is not None
+    async with slots.waiting("ep-wait") as freed:
+        assert await freed(0.2) is False  # nothing released yet
+        asyncio.get_running_loop().call_later(
+            0.05, lambda: asyncio.ensure_future(slots.release(first))
+        )
+        assert await freed(10) is True  # woken by the release, well before the 10 s
+    assert await slots.acquire("ep-wait", "http://b", 1, 30) is not None
