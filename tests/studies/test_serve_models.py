@@ -92,16 +92,12 @@ def test_the_demo_with_an_adapter_is_one_vllm_server_with_base_and_adapter(setti
     assert "--lora-modules collabllm=/ckpt/collabllm" in serve_models("--print-commands")
 
 
-def _sigterm_once_up(base_url: str, seen: list[bool]) -> None:
-    """From a helper thread: wait until the server answers, then stop serve_models like systemd."""
+def _sigterm_once_listening(out: StringIO, seen: list[bool]) -> None:
+    """From a helper thread: once serve_models says the server listens, stop it like systemd."""
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base_url + "/models", timeout=2).status_code == 200:
-                seen.append(True)
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
+    while time.monotonic() < deadline and "listening at" not in out.getvalue():
+        time.sleep(0.2)
+    seen.append("listening at" in out.getvalue())
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -111,10 +107,12 @@ def test_it_serves_a_llama_endpoint_until_sigterm_and_stops_it(tmp_path):
     base_url = f"http://127.0.0.1:{port}/v1"
     ModelEndpointFactory(name="cpu", server="llama_cpp", base_url=base_url, launch={"n_ctx": 512})
     seen: list[bool] = []
-    helper = threading.Thread(target=_sigterm_once_up, args=(base_url, seen))
+    out = StringIO()
+    helper = threading.Thread(target=_sigterm_once_listening, args=(out, seen))
     helper.start()
-    out = serve_models("--log-dir", str(tmp_path))
+    call_command("serve_models", "--log-dir", str(tmp_path), stdout=out)
     helper.join()
-    assert seen and f"cpu: listening at {base_url}" in out and "cpu: stopped" in out
+    assert seen == [True]
+    assert f"cpu: listening at {base_url}" in out.getvalue() and "cpu: stopped" in out.getvalue()
     with pytest.raises(httpx.TransportError):
         httpx.get(base_url + "/models", timeout=2)
