@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from models_serving.launch import ServerProcess, ServerSpec, wait_until_ready
+from models_serving.launch import ServerProcess, wait_until_ready
+from models_serving.servers import ServerSpec
 
 
 class SupervisorError(RuntimeError):

@@ -12,7 +12,7 @@ from django.db.models import Count, ExpressionWrapper, F, FloatField, Q, QuerySe
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from models_serving.launch import LaunchConfigError, ServerSpec, check_unique, server_spec
+from models_serving.servers import LaunchConfigError, ServerSpec, check_unique, server_spec
 from studies.models import Condition, Message, ModelEndpoint, Study
 from studies.monitor import Median
 

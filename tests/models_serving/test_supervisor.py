@@ -13,13 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models_serving.launch import (
-    EMBEDDED_ALIAS,
-    LaunchConfigError,
-    ServerSpec,
-    load_config,
-    server_spec,
-)
+from models_serving.launch import EMBEDDED_ALIAS
+from models_serving.servers import LaunchConfigError, ServerSpec, load_config, server_spec
 from models_serving.supervisor import Supervisor, SupervisorError
 from tests.ports import free_port
 
@@ -247,7 +242,7 @@ def test_a_server_that_ignores_sigterm_is_killed_after_the_timeout(fake, tmp_pat
 def test_serving_stops_every_server_on_sigterm(fake, tmp_path):
     spec = fake("a")
     program = textwrap.dedent(f"""
-        from models_serving.launch import ServerSpec
+        from models_serving.servers import ServerSpec
         from models_serving.supervisor import Supervisor
         spec = ServerSpec(*{(spec.name, spec.kind, spec.command, spec.base_url)!r})
         say = lambda line: print(line, flush=True)

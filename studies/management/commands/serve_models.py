@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from models_serving.launch import LaunchConfigError, ServerSpec, load_config, server_spec
+from models_serving.servers import LaunchConfigError, ServerSpec, load_config, server_spec
 from models_serving.supervisor import Supervisor
 from studies.services.endpoints import endpoint_server_specs
 
