@@ -29,7 +29,6 @@ import multiprocessing as mp
 import os
 import platform
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -37,11 +36,12 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.benchdb import database_prepare, database_url  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_DB = "collabllm_bench_assign"
@@ -55,8 +55,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 
 
 def bench_url() -> str:
-    server = os.environ.get("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{BENCH_DB}")
-    return urlunsplit(urlsplit(server)._replace(path=f"/{BENCH_DB}"))
+    server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    return database_url(server, BENCH_DB)
 
 
 def bench_env() -> dict[str, str]:
@@ -82,21 +82,7 @@ def bench_env() -> dict[str, str]:
 
 def prepare_database() -> None:
     """Create the benchmark database if it is missing, then migrate it."""
-    import psycopg
-    from psycopg import sql
-
-    parts = urlsplit(bench_url())
-    maintenance = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
-    with psycopg.connect(maintenance, autocommit=True) as conn:
-        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
-        if not found:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    command = [sys.executable, "manage.py", "migrate", "--noinput"]
-    done = subprocess.run(
-        command, cwd=ROOT, env=bench_env(), capture_output=True, text=True, timeout=300
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"migrate failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    database_prepare(bench_url(), bench_env())
 
 
 def setup_django() -> None:

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.benchdb import database_drop, database_prepare, database_url  # noqa: E402
 from benchmarks.stream_overhead import (  # noqa: E402
     Children,
     _run,
@@ -48,7 +48,6 @@ from benchmarks.stream_overhead import (  # noqa: E402
     bench_env,
     connect,
     machine_info,
-    maintenance_url,
     pct,
     seat_outcomes,
     start_web,
@@ -200,30 +199,11 @@ def say(message: str) -> None:
 
 def fresh_database(cfg: Config, env: dict[str, str]) -> None:
     """Drop and recreate the benchmark database, then migrate it."""
-    import subprocess
-
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(maintenance_url(cfg.database_url), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DB)))
-    command = [sys.executable, "manage.py", "migrate", "--noinput"]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"migrate failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    database_prepare(cfg.database_url, env, fresh=True)
 
 
 def drop_database(cfg: Config) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(maintenance_url(cfg.database_url), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DB))
-        )
+    database_drop(cfg.database_url)
 
 
 def seed(cfg: Config, fake_url: str, run: str) -> dict[str, list[Any]]:
@@ -345,7 +325,7 @@ def parse_args(argv: list[str] | None) -> Config:
         tokens=args.tokens,
         delay_ms=args.delay_ms,
         turn_timeout=args.turn_timeout,
-        database_url=urlunsplit(urlsplit(url)._replace(path=f"/{BENCH_DB}")),
+        database_url=database_url(url, BENCH_DB),
         redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
     )
 
