@@ -147,13 +147,17 @@ def _record_attempt(participant: Participant, params: dict[str, str], now) -> No
         )
 
 
-def _locked(participant_id: int, *, expected: set[str]) -> Participant:
+def _locked(
+    participant_id: int, *, expected: set[str] | None = None, step: str | None = None
+) -> Participant:
+    """The participant under a row lock, if in one of the `expected` statuses or at `step`."""
     participant = (
         Participant.objects.select_for_update(of=("self",))
         .select_related("study", "task", "version")
         .get(pk=participant_id)
     )
-    if participant.status not in expected:
+    allowed = participant.status in expected if expected is not None else True
+    if not allowed or (step is not None and participant_step(participant) != step):
         raise StudyActionError(
             "wrong_step",
             _("That step is not available now; you have been taken to your current step."),
@@ -377,13 +381,8 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
         )
     now = timezone.now()
     with transaction.atomic():
-        participant = _locked(participant_id, expected={P.FINAL, *LATE_FINAL})
+        participant = _locked(participant_id, step="final")  # late submissions included
         late = participant.status if participant.status != P.FINAL else None
-        if late and not _may_submit_late(participant):
-            raise StudyActionError(
-                "wrong_step",
-                _("That step is not available now; you have been taken to your current step."),
-            )
         frozen = frozen_study(participant)
         checks = frozen.attention_checks
         wrong = answers_wrong(checks, list(answers.attention))
