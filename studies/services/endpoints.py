@@ -12,6 +12,7 @@ from django.db.models import Count, ExpressionWrapper, F, FloatField, Q, QuerySe
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from models_serving.client import EndpointSpec
 from models_serving.servers import LaunchConfigError, ServerSpec, check_unique, server_spec
 from studies.models import Condition, Message, ModelEndpoint, Study
 from studies.monitor import Median
@@ -20,6 +21,18 @@ HEALTH_READ_TIMEOUT = 10.0
 LISTED_MODELS = 20  # hosted APIs list hundreds of models; the admin needs only the first few
 WINDOWS = {"hour": timedelta(hours=1), "all": None}
 _M = "condition__participant__messages"
+
+
+def endpoint_client_spec(endpoint: ModelEndpoint, model: str = "") -> EndpointSpec:
+    """How the client reaches this endpoint (model: an adapter's name; blank = served_model)."""
+    key = os.environ.get(endpoint.api_key_env, "none") if endpoint.api_key_env else "none"
+    return EndpointSpec(
+        base_url=endpoint.base_url,
+        model=model or endpoint.served_model,
+        api_key=key,
+        connect_timeout=endpoint.connect_timeout,
+        read_timeout=endpoint.read_timeout,
+    )
 
 
 def endpoint_server_spec(endpoint: ModelEndpoint) -> ServerSpec:

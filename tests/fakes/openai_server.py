@@ -3,7 +3,9 @@
 The request's model picks the behaviour: fake streams N tokens "tok0 tok1 ..."; fake-slow waits
 before the first token; fake-stall sends one token, fake-stall-first only headers, then nothing;
 fake-500 and fake-400 fail with that status; fake-malformed sends invalid JSON; fake-truncated
-ends without finish_reason or [DONE]; fake-drop cuts the connection mid-stream. max_tokens sets N;
+ends without finish_reason or [DONE]; fake-drop cuts the connection mid-stream; fake-script
+answers with the server's next scripted reply (`responder(body)`, else `script`, a list it pops
+from the front; "!500" fails that call). max_tokens sets N;
 extra body fields fake_delay_ms and fake_first_token_delay_ms override the delays per request.
 Benchmarks: python -m tests.fakes.openai_server --port 8090 --tokens 64 --delay-ms 5
 """
@@ -23,7 +25,7 @@ from typing import Any, cast
 
 MODELS = tuple(
     "fake fake-slow fake-stall fake-stall-first fake-500 fake-400 fake-malformed fake-truncated"
-    " fake-drop".split()
+    " fake-drop fake-script".split()
 )
 
 
@@ -35,6 +37,8 @@ class FakeStats:
     chat_requests: int = 0
     streams_completed: int = 0
     disconnects: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
     last_body: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +119,9 @@ class FakeOpenAIServer:
     token_delay: float = 0.0
     first_token_delay: float = 1.0
     stats: FakeStats = field(default_factory=FakeStats)
+    script: list[str] = field(default_factory=list)
+    # For fake-script under concurrency: picks the reply from the request body (wins over script).
+    responder: Callable[[dict[str, Any]], str] | None = None
     _server: asyncio.Server | None = field(default=None, init=False, repr=False)
     _connections: dict[asyncio.Task[Any], asyncio.StreamWriter] = field(
         default_factory=dict, init=False, repr=False
@@ -180,9 +187,18 @@ class FakeOpenAIServer:
         if (method, path) == ("GET", "/v1/models"):
             listing = [{"id": m, "object": "model", "owned_by": "fake"} for m in MODELS]
             writer.write(_json_response(200, {"object": "list", "data": listing}))
+        elif (method, path) == ("POST", "/tokenize"):
+            # vLLM's tokenizer endpoint; the fake's tokens are whitespace-separated words.
+            words = len(str(json.loads(body).get("prompt", "")).split())
+            writer.write(_json_response(200, {"count": words, "tokens": list(range(words))}))
         elif (method, path) == ("POST", "/v1/chat/completions"):
             self.stats.chat_requests += 1
-            return await self._chat(body, reader, writer)
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            try:
+                return await self._chat(body, reader, writer)
+            finally:
+                self.stats.in_flight -= 1
         else:
             writer.write(_error(404, f"no route for {method} {path}"))
         await writer.drain()
@@ -195,6 +211,8 @@ class FakeOpenAIServer:
         model = body.get("model")
         if model not in MODELS:
             writer.write(_error(404, f"model {model!r} not found"))
+        elif model == "fake-script" and self._next_scripted(body) == "!500":
+            writer.write(_error(500, "scripted failure"))
         elif model in ("fake-500", "fake-400"):
             writer.write(_error(int(model[-3:]), f"{model} fails on purpose"))
         elif model.startswith("fake-stall") and not body.get("stream"):
@@ -228,6 +246,31 @@ class FakeOpenAIServer:
         first = float(body.get("fake_first_token_delay_ms", slow * 1000)) / 1000
         return count, delay, first
 
+    def _next_scripted(self, body: dict[str, Any]) -> str:
+        """Pick this request's scripted reply (kept in the body for _scripted)."""
+        if self.responder is not None:
+            text = self.responder(body)
+        else:
+            text = self.script.pop(0) if self.script else "tok0"
+        body["_scripted"] = text
+        return text
+
+    async def _scripted(
+        self, body: dict[str, Any], reply: _Reply, writer: asyncio.StreamWriter
+    ) -> None:
+        """Stream the chosen scripted reply word by word, with usage when asked for."""
+        text = body["_scripted"]
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            writer.write(_event(reply.chunk({"content": word if i == 0 else " " + word})))
+        writer.write(_event(reply.chunk({}, "stop")))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            writer.write(_event(reply.chunk(None, usage=_usage(body, len(words)))))
+        writer.write(_event("[DONE]"))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        self.stats.streams_completed += 1
+
     async def _whole(self, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         """Answer without streaming, after the time the tokens would have taken."""
         count, delay, first = self._plan(body)
@@ -249,6 +292,9 @@ class FakeOpenAIServer:
             await asyncio.Event().wait()
         await asyncio.sleep(first)
         writer.write(_event(reply.chunk({"role": "assistant", "content": ""})))
+        if model == "fake-script":
+            await self._scripted(body, reply, writer)
+            return
         for i in range(count):
             if delay:
                 await asyncio.sleep(delay)

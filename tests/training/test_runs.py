@@ -1,0 +1,237 @@
+"""Training runs in the database: stages, leases, failures, retries, resume, checkpoints as arms."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from studies.models import Condition, ModelEndpoint, Study, StudyVersion
+from tests.factories import ModelEndpointFactory, StudyFactory
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.training.conftest import responder, user_says
+from training.models import Checkpoint, TrainingRun, TrainingStage
+from training.services import runs
+from training.services.checkpoints import checkpoint_add_to_study, checkpoint_register
+
+pytestmark = pytest.mark.django_db
+S = TrainingStage.Status
+
+
+@pytest.fixture
+def fake_endpoint():
+    """A scripted model server in its own thread (the stages run their own event loops)."""
+    server = FakeOpenAIServer(tokens=8)
+    server.responder = responder(
+        user=lambda body: (
+            user_says("perfect, thanks [[TERMINATE CHAT]]")
+            if "ASSISTANT:" in body["messages"][-1]["content"]
+            else user_says("help with a post")
+        ),
+        policy="Here is a draft. What tone do you want?",
+        extractor=json.dumps({"final": "Here is a draft."}),
+        judge=json.dumps({"score": 5}),
+    )
+    base_url, stop = server.run_in_thread()
+    yield ModelEndpointFactory(base_url=base_url, served_model="fake-script"), server
+    stop()
+
+
+def _run(endpoint: ModelEndpoint, tmp_path, **stages) -> TrainingRun:
+    config = {
+        "sft": {"enabled": True, "learning_rate": 1e-4, "batch_size": 1, "max_steps": 1},
+        "dpo": {"enabled": False, "learning_rate": 1e-4, "beta": 0.1},
+        "online_dpo": {"enabled": False},
+        **stages,
+    }
+    return TrainingRun.objects.create(
+        name=f"run-{tmp_path.name}",
+        base_model=str(tmp_path / "no-such-model"),
+        policy_endpoint=endpoint,
+        task_set="document",
+        task_limit=2,
+        window=1,
+        samples=1,
+        candidates=2,
+        max_turns=1,
+        max_tokens=32,
+        output_dir=str(tmp_path / "out"),
+        stages=config,
+    )
+
+
+def _stage(run: TrainingRun, name: str) -> TrainingStage:
+    return run.stage_rows.get(name=name)
+
+
+def test_starting_a_run_lays_out_its_stages_and_queues_the_first(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks() as queued:
+        runs.run_start(run_id=run.pk, by="alice")
+    statuses = dict(run.stage_rows.values_list("name", "status"))
+    assert statuses == {
+        "collect": S.QUEUED,
+        "build_data": S.PENDING,
+        "sft": S.PENDING,
+        "dpo": S.SKIPPED,
+        "online_dpo": S.SKIPPED,
+        "register": S.PENDING,
+        "evaluate": S.PENDING,
+    }
+    assert len(queued) == 1
+    run.refresh_from_db()
+    assert (run.status, run.created_by) == (TrainingRun.Status.RUNNING, "alice")
+
+
+def test_a_running_run_cannot_be_started_again(tmp_path, django_capture_on_commit_callbacks):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    with pytest.raises(runs.RunStateError, match="already running"):
+        runs.run_start(run_id=run.pk)
+
+
+def test_a_run_with_no_training_stage_is_refused(tmp_path):
+    run = _run(ModelEndpointFactory(), tmp_path, sft={"enabled": False})
+    with pytest.raises(runs.RunStateError, match="enable at least one"):
+        runs.run_start(run_id=run.pk)
+    assert not run.stage_rows.exists()
+
+
+def test_a_stage_held_by_a_live_worker_is_not_taken_twice(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    collect = _stage(run, "collect")
+    TrainingStage.objects.filter(pk=collect.pk).update(
+        status=S.RUNNING, heartbeat_at=timezone.now(), attempts=1
+    )
+    assert runs.stage_execute(stage_id=collect.pk) == S.RUNNING
+    assert _stage(run, "collect").attempts == 1
+
+
+def test_collection_and_datasets_run_and_the_next_stage_is_queued(
+    tmp_path, fake_endpoint, django_capture_on_commit_callbacks
+):
+    endpoint, _ = fake_endpoint
+    run = _run(endpoint, tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    with django_capture_on_commit_callbacks() as queued:
+        status = runs.stage_execute(stage_id=_stage(run, "collect").pk)
+    collect = _stage(run, "collect")
+    assert status == S.SUCCEEDED, collect.error
+    assert (collect.done, collect.total, collect.result["failed_calls"]) == (2, 2, 0)
+    assert "collecting 2 conversations" in collect.log
+    assert _stage(run, "build_data").status == S.QUEUED and len(queued) == 1
+    with django_capture_on_commit_callbacks():
+        assert runs.stage_execute(stage_id=_stage(run, "build_data").pk) == S.SUCCEEDED
+    counts = _stage(run, "build_data").result
+    assert counts["sft"] == 2 and counts["prompts"] == 2
+    assert (tmp_path / "out/data/sft/train.parquet").is_file()
+    assert (tmp_path / "out/data/sft/README.md").read_text().count('"window": 1') == 1
+
+
+def test_a_restarted_collection_skips_the_conversations_on_disk(
+    tmp_path, fake_endpoint, django_capture_on_commit_callbacks
+):
+    endpoint, server = fake_endpoint
+    run = _run(endpoint, tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+        runs.stage_execute(stage_id=_stage(run, "collect").pk)
+    calls_for_two = server.stats.chat_requests
+    _, second = sorted((tmp_path / "out/conversations").glob("*.json"))
+    second.unlink()  # as if the worker died before writing it
+    collect = _stage(run, "collect")
+    TrainingStage.objects.filter(pk=collect.pk).update(status=S.QUEUED)
+    with django_capture_on_commit_callbacks():
+        assert runs.stage_execute(stage_id=collect.pk) == S.SUCCEEDED
+    assert second.exists()
+    assert server.stats.chat_requests - calls_for_two == calls_for_two // 2
+    assert _stage(run, "collect").attempts == 2
+
+
+def test_a_failed_stage_shows_why_fails_the_run_and_can_be_retried(
+    tmp_path, fake_endpoint, django_capture_on_commit_callbacks
+):
+    endpoint, _ = fake_endpoint
+    run = _run(endpoint, tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+        runs.stage_execute(stage_id=_stage(run, "collect").pk)
+        runs.stage_execute(stage_id=_stage(run, "build_data").pk)
+        assert runs.stage_execute(stage_id=_stage(run, "sft").pk) == S.FAILED
+    sft = _stage(run, "sft")
+    assert "no-such-model" in sft.error
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    with pytest.raises(runs.RunStateError, match="only a failed stage"):
+        runs.stage_retry(stage_id=_stage(run, "collect").pk)
+    with django_capture_on_commit_callbacks() as queued:
+        runs.stage_retry(stage_id=sft.pk)
+    assert _stage(run, "sft").status == S.QUEUED and len(queued) == 1
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING
+
+
+def test_a_stage_whose_worker_went_quiet_is_handed_out_again(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    quiet, live = _stage(run, "collect"), _stage(run, "build_data")
+    TrainingStage.objects.filter(pk=quiet.pk).update(
+        status=S.RUNNING, heartbeat_at=timezone.now() - runs.STALE_AFTER - timedelta(seconds=1)
+    )
+    TrainingStage.objects.filter(pk=live.pk).update(status=S.RUNNING, heartbeat_at=timezone.now())
+    with django_capture_on_commit_callbacks() as queued:
+        assert runs.stages_resume_stale() == [quiet.pk]
+    assert len(queued) == 1 and _stage(run, "collect").status == S.QUEUED
+
+
+def _adapter(tmp_path, rank=32):
+    folder = tmp_path / "out" / "dpo" / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    return str(folder)
+
+
+def test_a_registered_checkpoint_gets_a_vllm_endpoint_serving_its_adapter(tmp_path, settings):
+    settings.TRAINING_GPU, settings.TRAINING_VLLM_PYTHON = False, "/opt/vllm/bin/python"
+    run = _run(ModelEndpointFactory(), tmp_path)
+    checkpoint = checkpoint_register(run=run, adapter_path=_adapter(tmp_path))
+    endpoint = checkpoint.endpoint
+    assert checkpoint.adapter_name == f"collabllm-run{run.pk}-dpo"
+    assert endpoint.server == "vllm" and endpoint.served_model == f"run{run.pk}-base"
+    assert endpoint.launch["lora_modules"] == {checkpoint.adapter_name: checkpoint.adapter_path}
+    assert endpoint.launch["python"] == "/opt/vllm/bin/python"
+    assert endpoint.launch["extra_args"][:2] == ["--max-lora-rank", "32"]
+    assert "float32" in endpoint.launch["extra_args"]
+    again = checkpoint_register(run=run, adapter_path=checkpoint.adapter_path)
+    assert again.pk == checkpoint.pk and Checkpoint.objects.count() == 1
+
+
+def test_a_checkpoint_becomes_an_arm_of_a_paused_study_but_not_a_live_one(tmp_path):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    checkpoint = checkpoint_register(run=run, adapter_path=_adapter(tmp_path))
+    live = StudyFactory(status=Study.Status.LIVE)
+    with pytest.raises(runs.RunStateError, match="pause the study"):
+        checkpoint_add_to_study(checkpoint=checkpoint, study=live)
+    assert not Condition.objects.filter(study=live).exists()
+    paused = StudyFactory(status=Study.Status.PAUSED)
+    arm = checkpoint_add_to_study(checkpoint=checkpoint, study=paused, by="alice")
+    assert (arm.endpoint, arm.model_name, arm.system_prompt) == (
+        checkpoint.endpoint,
+        checkpoint.adapter_name,
+        "collabllm",
+    )
+    version = StudyVersion.objects.filter(study=paused).latest("number")
+    assert arm.key in json.dumps(version.config)

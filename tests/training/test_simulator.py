@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+
+from tests.training.conftest import scripted_roles, user_says
+from training.pipeline.llm import Runtime
+from training.pipeline.simulator import TERMINATE, simulate_user
+
+
+async def _simulate(server, task, retries=2):
+    roles = scripted_roles(server)
+    return await simulate_user(Runtime(4), roles.user, task, [], retries=retries)
+
+
+async def test_it_reads_the_users_message_from_json(scripted, doc_task):
+    scripted.script = [user_says("hey, can you help me write something?")]
+    turn = await _simulate(scripted, doc_task)
+    assert (turn.text, turn.terminated, turn.attempts, turn.fallback) == (
+        "hey, can you help me write something?",
+        False,
+        1,
+        None,
+    )
+
+
+async def test_the_terminate_marker_ends_the_chat(scripted, doc_task):
+    scripted.script = [user_says(f"thanks, that's it {TERMINATE}")]
+    turn = await _simulate(scripted, doc_task)
+    assert turn.terminated and turn.text == "thanks, that's it"
+
+
+async def test_unreadable_output_is_retried_within_the_budget(scripted, doc_task):
+    scripted.script = ['{"thought": "cut off', user_says("second try works")]
+    turn = await _simulate(scripted, doc_task)
+    assert (turn.text, turn.attempts, turn.fallback) == ("second try works", 2, None)
+
+
+async def test_plain_text_is_taken_as_the_message_after_the_budget(scripted, doc_task):
+    scripted.script = ["just write it for me"] * 3
+    turn = await _simulate(scripted, doc_task)
+    assert (turn.text, turn.fallback, turn.terminated, turn.attempts) == (
+        "just write it for me",
+        "raw_text",
+        False,
+        3,
+    )
+
+
+async def test_json_without_a_response_ends_the_chat_with_a_recorded_fallback(scripted, doc_task):
+    scripted.script = [json.dumps({"thought": "hmm"})] * 2
+    turn = await _simulate(scripted, doc_task, retries=1)
+    assert (turn.terminated, turn.fallback, turn.attempts) == (True, "terminate", 2)
+    assert turn.error == "unreadable simulator output"
+
+
+async def test_a_failing_server_ends_the_chat_instead_of_raising(scripted, doc_task):
+    scripted.script = ["!500"] * 3
+    turn = await _simulate(scripted, doc_task)
+    assert turn.terminated and turn.fallback == "terminate"
+    assert "server_error" in (turn.error or "")
+    assert scripted.stats.chat_requests == 3

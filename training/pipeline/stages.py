@@ -1,0 +1,133 @@
+"""The data stages of a training run as resumable functions over a run folder.
+
+    run_dir/conversations/<task id>.json   one collected conversation each (written atomically)
+    run_dir/data/{sft,dpo,prompts}/         datasets with their data cards
+
+A restarted stage skips every conversation already on disk, so killing a worker loses at most
+the conversations that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.pipeline.collect import collect_conversation
+from training.pipeline.data import dpo_rows, prompt_rows, save_dataset, sft_rows
+from training.pipeline.llm import CallStats, Runtime
+from training.pipeline.mr import score_candidates
+from training.pipeline.progress import Progress, run_reporting
+from training.pipeline.settings import RewardSettings, Roles, SamplingSettings, as_record
+from training.pipeline.tasks import Task
+
+
+def conversation_path(run_dir: Path, task_id: str) -> Path:
+    return run_dir / "conversations" / f"{task_id}.json"
+
+
+def _write_atomically(path: Path, payload: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)  # a reader never sees half a file
+
+
+def collect(
+    run_dir: Path,
+    tasks: Sequence[Task],
+    roles: Roles,
+    sampling: SamplingSettings,
+    reward: RewardSettings,
+    *,
+    parallel: int = 4,
+    on_progress: Progress | None = None,
+) -> CallStats:
+    """Collect one conversation per task not yet on disk; report (done, total) as each lands."""
+    todo = [t for t in tasks if not conversation_path(run_dir, t.id).exists()]
+    rt = Runtime(sampling.max_in_flight)
+
+    async def run_all(report: Progress) -> None:
+        done = len(tasks) - len(todo)
+        report(done, len(tasks))
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(task: Task) -> None:
+            nonlocal done
+            async with gate:
+                conv = await collect_conversation(rt, roles, task, sampling, reward)
+            record = conv.record() | {"settings": as_record(sampling, reward)}
+            _write_atomically(conversation_path(run_dir, task.id), record)
+            done += 1
+            report(done, len(tasks))
+
+        await asyncio.gather(*(one(t) for t in todo))
+
+    run_reporting(run_all, on_progress)
+    return rt.stats
+
+
+def load_conversations(run_dir: Path) -> list[dict[str, Any]]:
+    """Every collected conversation, in task-id order."""
+    folder = run_dir / "conversations"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def build_datasets(run_dir: Path, *, min_gap: float, system_prompt: str = "") -> dict[str, int]:
+    """SFT, DPO and online-DPO prompt datasets from the collected conversations; row counts."""
+    conversations = load_conversations(run_dir)
+    settings = conversations[0]["settings"] if conversations else {}
+    card = {"conversations": len(conversations), "min_mr_gap": min_gap, **settings}
+    counts = {}
+    for name, rows in (
+        ("sft", sft_rows(conversations, system_prompt)),
+        ("dpo", dpo_rows(conversations, min_gap=min_gap, system_prompt=system_prompt)),
+        ("prompts", prompt_rows(conversations, system_prompt)),
+    ):
+        save_dataset(rows, run_dir / "data" / name, name=f"collabllm-{name}", card=card)
+        counts[name] = len(rows)
+    return counts
+
+
+def mr_reward_function(
+    roles: Roles, tasks: Mapping[str, Task], sampling: SamplingSettings, reward: RewardSettings
+) -> Callable[..., list[float]]:
+    """A reward function for online DPO: each completion's MR given its prompt and task.
+
+    The forward samples use the policy *endpoint*, not the weights being trained; a completion
+    whose MR cannot be computed gets the lowest reward of its batch minus one, so it is rejected.
+    """
+
+    def reward_fn(
+        prompts: list[Any], completions: list[Any], task_id: list[str], **_: Any
+    ) -> list[float]:
+        async def all_scores() -> list[float | None]:
+            rt = Runtime(sampling.max_in_flight)
+            jobs = [
+                score_candidates(
+                    rt, roles, tasks[tid], _as_messages(p), [_as_text(c)], sampling, reward
+                )
+                for p, c, tid in zip(prompts, completions, task_id, strict=True)
+            ]
+            return [scores[0].mr for scores in await asyncio.gather(*jobs)]
+
+        scores = run_reporting(lambda _: all_scores(), None)
+        floor = min((s for s in scores if s is not None), default=0.0) - 1.0
+        return [floor if s is None else s for s in scores]
+
+    return reward_fn
+
+
+def _as_messages(prompt: Any) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt if m["role"] != "system"]
+
+
+def _as_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(m["content"] for m in completion if m.get("role") == "assistant")
