@@ -149,3 +149,12 @@ async def test_the_chosen_path_follows_the_best_candidate(scripted, doc_task):
     mrs = {c["candidate"]: c["mr"] for c in turn["candidates"]}
     assert mrs[DOC] > mrs["bananas are yellow"]
     assert all(len(c["rollouts"]) == 2 for c in turn["candidates"])
+
+
+async def test_a_zero_interactivity_weight_skips_the_judge(scripted, doc_task):
+    scripted.responder = responder(extractor=json.dumps({"final": DOC}), judge="never asked")
+    chat = [{"role": "user", "content": "help me"}, {"role": "assistant", "content": DOC}]
+    settings = RewardSettings(interactivity_weight=0)
+    terms = await score_conversation(Runtime(8), scripted_roles(scripted), doc_task, chat, settings)
+    assert terms.interactivity == 0.0 and terms.reward(settings) is not None
+    assert scripted.stats.chat_requests == 1  # the extractor only

@@ -79,6 +79,11 @@ async def score_conversation(
         out.penalty = min(scaled, 1.0) if settings.token_clamp else scaled
 
     async def interactivity_term() -> None:
+        # A zero weight drops the judge call (a metric set without interactivity, as in the
+        # throughput comparison); the term is then 0 rather than missing.
+        if settings.interactivity_weight == 0:
+            out.interactivity = 0.0
+            return
         out.interactivity = await interactivity(rt, roles, task, messages)
 
     await asyncio.gather(
