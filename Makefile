@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv demo test lint bench
+.PHONY: venv demo test lint bench benchmark-arms
 
 venv: $(STAMP)
 
@@ -31,10 +31,17 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy studies/services models_serving analysis
+	$(VENV)/bin/mypy studies/services models_serving analysis training/pipeline training/services
 
 bench: venv
 	$(PY) -m webapp.devrunner run -- $(PY) benchmarks/stream_overhead.py $(BENCH_ARGS)
+
+# The simulated benchmark (paper Table 1's shape) for the demo study's arms on the offline
+# held-out tasks, with the embedded model playing every role. BENCH_ARGS e.g. "--limit 1".
+benchmark-arms: venv
+	$(PY) -m webapp.devrunner run --model -- sh -c '$(PY) manage.py migrate -v0 && \
+		$(PY) manage.py seed_demo && \
+		$(PY) manage.py benchmark_arms demo --out .local/benchmark-arms $(BENCH_ARGS)'
 
 .PHONY: vllm-cpu
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -215,6 +216,7 @@ def test_a_registered_checkpoint_gets_a_vllm_endpoint_serving_its_adapter(tmp_pa
     assert endpoint.launch["python"] == "/opt/vllm/bin/python"
     assert endpoint.launch["extra_args"][:2] == ["--max-lora-rank", "32"]
     assert "float32" in endpoint.launch["extra_args"]
+    assert endpoint.launch["gpu_memory_utilization"] == 0.25
     again = checkpoint_register(run=run, adapter_path=checkpoint.adapter_path)
     assert again.pk == checkpoint.pk and Checkpoint.objects.count() == 1
 
@@ -235,3 +237,34 @@ def test_a_checkpoint_becomes_an_arm_of_a_paused_study_but_not_a_live_one(tmp_pa
     )
     version = StudyVersion.objects.filter(study=paused).latest("number")
     assert arm.key in json.dumps(version.config)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_online_dpo_trains_on_the_multiturn_reward_of_sampled_replies(
+    tmp_path, fake_endpoint, django_capture_on_commit_callbacks
+):
+    from tests.training.tiny import tiny_policy
+
+    endpoint, server = fake_endpoint
+    online = {"enabled": True, "learning_rate": 1e-4, "batch_size": 2, "beta": 0.1,
+              "max_steps": 1, "max_new_tokens": 8}  # fmt: skip
+    run = _run(endpoint, tmp_path, sft={"enabled": False}, online_dpo=online)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        base_model=str(tiny_policy(tmp_path / "base")),
+        stages={**run.stages, "per_device_batch_size": 2, "max_length": 256},
+    )
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+        for name in ("collect", "build_data"):
+            runs.stage_execute(stage_id=_stage(run, name).pk)
+    before = server.stats.chat_requests
+    with django_capture_on_commit_callbacks() as queued:
+        status = runs.stage_execute(stage_id=_stage(run, "online_dpo").pk)
+    stage = _stage(run, "online_dpo")
+    assert status == S.SUCCEEDED, stage.error
+    adapter = Path(stage.result["adapter"])
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 32
+    # Each of the 2 sampled replies was scored by forward sampling: user, policy, extractor.
+    assert server.stats.chat_requests - before >= 2 * 3
+    assert _stage(run, "register").status == S.QUEUED and len(queued) == 1

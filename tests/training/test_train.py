@@ -14,29 +14,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
 )
 
+from tests.training.tiny import NOTES, offline_tokenizer, tiny_policy
 from training.pipeline.lora import latest_checkpoint, merge_adapter, precision
 from training.pipeline.train_dpo import DPOStageArgs, run_dpo
 from training.pipeline.train_online_dpo import OnlineDPOStageArgs, run_online_dpo
 from training.pipeline.train_sft import SFTStageArgs, assistant_only_supported, run_sft
 
-ROOT = Path(__file__).resolve().parents[2]
-SMOLLM2 = ROOT / ".local" / "models" / "smollm2-135m-bf16"
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
-    " + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-NOTES = [f"note {i} about balcony compost" for i in range(6)]
 FAST = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 96}
 
 
@@ -49,23 +37,6 @@ def _offline() -> Iterator[None]:
         yield
 
 
-def offline_tokenizer() -> PreTrainedTokenizerBase:
-    """A word-level chat tokenizer built here, for checkouts without the converted SmolLM2."""
-    words = " ".join([*NOTES, "user assistant system write a what is it for ? . , !"]).split()
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    vocab = {word: i for i, word in enumerate([*specials, *sorted(set(words))])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<unk>",
-        chat_template=CHATML,
-    )
-
-
 def write_rows(folder: Path, rows: list[dict[str, Any]]) -> Path:
     folder.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), folder / "train.parquet")
@@ -76,20 +47,7 @@ def write_rows(folder: Path, rows: list[dict[str, Any]]) -> Path:
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny random Llama with a real chat tokenizer, and small SFT, DPO and prompt datasets."""
     root = tmp_path_factory.mktemp("train")
-    tokenizer = (
-        AutoTokenizer.from_pretrained(SMOLLM2, local_files_only=True)
-        if SMOLLM2.is_dir()
-        else offline_tokenizer()
-    )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    tiny_policy(root / "base")
     user = [[{"role": "user", "content": f"write a {note}"}] for note in NOTES]
     short = [{"role": "assistant", "content": "what is it for ?"}]
     long = [[{"role": "assistant", "content": note}] for note in NOTES]

@@ -134,8 +134,10 @@ def common_config(
     }
 
 
-def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
+def save_adapter(model: object, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
     """Write only the trained `default` adapter (DPO adds a frozen `ref` copy) and the tokenizer."""
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"expected the trainer's PEFT model, got {type(model).__name__}")
     model.save_pretrained(str(out), selected_adapters=["default"])
     tokenizer.save_pretrained(str(out))
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from peft import PeftModel
 from transformers import HfArgumentParser, PreTrainedModel
@@ -75,6 +76,7 @@ def policy_with_adapter(base: PreTrainedModel, init_adapter: str) -> PeftModel:
 
 def run_dpo(args: DPOStageArgs, on_progress: ProgressFn | None = None) -> Path:
     """Train the offline DPO adapter and return its folder (`output_dir/adapter`)."""
+    model: Any
     model, tokenizer = load_policy(args.model_path, dtype=precision().dtype)
     if args.init_adapter:
         model = policy_with_adapter(model, args.init_adapter)
@@ -109,7 +111,7 @@ def run_dpo(args: DPOStageArgs, on_progress: ProgressFn | None = None) -> Path:
 
 def main() -> None:
     """Parse the command line and run the stage."""
-    parser = HfArgumentParser((DPOStageArgs, LoraSettings))
+    parser = HfArgumentParser((DPOStageArgs, LoraSettings))  # type: ignore[arg-type]
     stage, lora = parser.parse_args_into_dataclasses()
     stage.lora = lora
     print(run_dpo(stage))

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from peft import PeftModel
 from transformers import HfArgumentParser
@@ -119,6 +120,7 @@ def run_online_dpo(
     args: OnlineDPOStageArgs, reward_func: RewardFunc, on_progress: ProgressFn | None = None
 ) -> Path:
     """Train the online DPO adapter against reward_func and return its folder."""
+    model: Any
     model, tokenizer = load_policy(args.model_path, dtype=precision().dtype)
     if args.init_adapter:
         # Continued, not merged, so the adapter stays one of the original base (served as base +
@@ -129,7 +131,7 @@ def run_online_dpo(
         )
     trainer = OnlineDPOTrainer(
         model=model,
-        reward_funcs=[reward_func],
+        reward_funcs=[cast(Any, reward_func)],
         args=online_config(args),
         train_dataset=load_train_split(args.dataset_path),
         processing_class=tokenizer,
@@ -144,7 +146,7 @@ def run_online_dpo(
 
 def main() -> None:
     """Parse the command line and run the stage."""
-    parser = HfArgumentParser((OnlineDPOStageArgs, LoraSettings, RewardArgs))
+    parser = HfArgumentParser((OnlineDPOStageArgs, LoraSettings, RewardArgs))  # type: ignore[arg-type]
     stage, lora, reward = parser.parse_args_into_dataclasses()
     stage.lora = lora
     module, _, name = reward.reward.partition(":")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import HfArgumentParser, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
@@ -78,6 +79,7 @@ def assistant_only_supported(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def run_sft(args: SFTStageArgs, on_progress: ProgressFn | None = None) -> Path:
     """Train the SFT adapter and return its folder (`output_dir/adapter`)."""
+    model: Any
     model, tokenizer = load_policy(args.model_path, dtype=precision().dtype)
     assistant_only = assistant_only_supported(tokenizer)
     if not assistant_only:
@@ -115,7 +117,7 @@ def run_sft(args: SFTStageArgs, on_progress: ProgressFn | None = None) -> Path:
 
 def main() -> None:
     """Parse the command line and run the stage."""
-    parser = HfArgumentParser((SFTStageArgs, LoraSettings))
+    parser = HfArgumentParser((SFTStageArgs, LoraSettings))  # type: ignore[arg-type]
     stage, lora = parser.parse_args_into_dataclasses()
     stage.lora = lora
     print(run_sft(stage))

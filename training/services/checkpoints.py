@@ -27,6 +27,8 @@ from training.pipeline.settings import Role, as_record
 from training.pipeline.tasksets import load_tasks
 from training.services.runs import Reporter, RunStateError, run_dir
 
+CPU_MEMORY_SHARE = 0.25
+DEFAULT_PARAMS = {"temperature": 0.7, "max_tokens": 256}
 BENCHMARK_ARMS = (("base", "none"), ("proactive", "proactive"))  # the paper's two baselines
 
 
@@ -54,6 +56,10 @@ def checkpoint_register(*, run: TrainingRun, adapter_path: str) -> Checkpoint:
     }
     if settings.TRAINING_VLLM_PYTHON:
         launch["python"] = settings.TRAINING_VLLM_PYTHON
+    if not settings.TRAINING_GPU:
+        # On CPU this is the share of the machine's memory vLLM claims; its 0.92 default fails
+        # to start beside a worker and a web server.
+        launch["gpu_memory_utilization"] = CPU_MEMORY_SHARE
     endpoint, _ = ModelEndpoint.objects.update_or_create(
         name=f"training-run-{run.pk}",
         defaults={
@@ -156,7 +162,8 @@ def checkpoint_add_to_study(*, checkpoint: Checkpoint, study: Study, by: str = "
             "endpoint": checkpoint.endpoint,
             "model_name": checkpoint.adapter_name,
             "system_prompt": "collabllm",
-            "generation_params": reference.generation_params if reference else {},
+            # Without a reference arm, a reply cap: vLLM otherwise writes up to the context length.
+            "generation_params": reference.generation_params if reference else DEFAULT_PARAMS,
             "is_active": True,
         },
     )
