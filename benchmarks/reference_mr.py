@@ -18,6 +18,9 @@ What it does, in order:
    exists, else three inline tasks): per history the reference's own simulator writes the first
    user message and --candidates assistant replies (ChatSessionSimulator.run_chat_simulation, as
    its generate_multiturn_dataset does). This preparation is timed and counted separately.
+   With --pairs FILE it is skipped: the histories and candidates are read from FILE (a JSON list
+   of {"task": {id, description, goal, reference, ...}, "history": [...], "candidates": [...]},
+   as benchmarks/mr_throughput.py writes it), so another driver can score exactly the same pairs.
 4. Times --count calls of collabllm.reward.multiturn_aware_reward, --concurrency of them at once
    from an outer thread pool (1 = one MR at a time, as the reference's own scripts use it). A
    crashed MR is retried up to --attempts times in all; every failed attempt is reported.
@@ -153,6 +156,20 @@ def default_lengths(max_tokens: int) -> dict[str, dict[str, int]]:
         },
         "extractor": {"thought": budget * 20 // 100, "final_completion": budget * 70 // 100},
     }
+
+
+def load_pairs(path: Path) -> list[dict[str, Any]]:
+    """Histories with their candidates, as written by benchmarks/mr_throughput.py."""
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    for i, entry in enumerate(entries):
+        task, history, candidates = entry.get("task"), entry.get("history"), entry.get("candidates")
+        if not (isinstance(task, dict) and {"description", "goal", "reference"} <= task.keys()):
+            raise ValueError(f"{path}: entry {i} has no task with description, goal, reference")
+        if not (isinstance(history, list) and history and history[-1].get("role") == "user"):
+            raise ValueError(f"{path}: entry {i}: history must end with a user message")
+        if not (isinstance(candidates, list) and all(isinstance(c, str) for c in candidates)):
+            raise ValueError(f"{path}: entry {i}: candidates must be a list of strings")
+    return entries
 
 
 # --------------------------------------------------------------------------- call counting
@@ -292,6 +309,8 @@ VLLM_COUNTERS = (
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
     "vllm:request_success_total",
+    "vllm:prefix_cache_queries_total",  # prompt tokens looked up in the prefix cache
+    "vllm:prefix_cache_hits_total",  # of which found there (not recomputed)
 )
 
 
@@ -350,6 +369,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-metric-workers", type=int, default=16, help="reference's metric threads")
     p.add_argument("--timeout", type=float, default=600.0, help="per model call, seconds")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--pairs",
+        type=Path,
+        default=None,
+        help="score the (task, history, candidates) entries of this JSON file; no preparation",
+    )
     args = p.parse_args(argv)
     for name in ("w", "samples", "candidates", "max_tokens", "count", "concurrency", "attempts"):
         if getattr(args, name) < 1:
@@ -430,8 +455,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "extractor": extractor,
         }
 
-    tasks, task_source = load_tasks()
-    n_histories = math.ceil(args.count / args.candidates)
+    if args.pairs is not None:
+        histories = load_pairs(args.pairs)
+        tasks = [h["task"] for h in histories]
+        task_source = str(args.pairs)
+        n_histories = len(histories)
+        prep: dict[str, Any] = {"histories": n_histories, "seconds": 0.0, "calls": 0}
+        prep["source"] = f"--pairs {args.pairs}"
+    else:
+        tasks, task_source = load_tasks()
+        n_histories = math.ceil(args.count / args.candidates)
 
     # --- preparation: first user message and candidate replies, by the reference's simulator
     def prepare(j: int) -> dict[str, Any]:
@@ -469,15 +502,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PreparationError(f"could not prepare history {j} in {args.attempts} tries: {last!r}")
 
     server_before = server_counters(args.base_url)
-    prep_start = time.perf_counter()
-    prep_calls_before = log.snapshot()["calls"]
-    with ThreadPoolExecutor(max_workers=max(args.concurrency, 1)) as pool:
-        histories = list(pool.map(prepare, range(n_histories)))
-    prep = {
-        "histories": n_histories,
-        "seconds": round(time.perf_counter() - prep_start, 3),
-        "calls": log.snapshot()["calls"] - prep_calls_before,
-    }
+    if args.pairs is None:
+        prep_start = time.perf_counter()
+        prep_calls_before = log.snapshot()["calls"]
+        with ThreadPoolExecutor(max_workers=max(args.concurrency, 1)) as pool:
+            histories = list(pool.map(prepare, range(n_histories)))
+        prep = {
+            "histories": n_histories,
+            "seconds": round(time.perf_counter() - prep_start, 3),
+            "calls": log.snapshot()["calls"] - prep_calls_before,
+        }
     pairs = [(h, c) for h in histories for c in h["candidates"]][: args.count]
 
     # --- the timed part: count MR computations, concurrency at once

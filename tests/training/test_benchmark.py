@@ -135,7 +135,32 @@ def test_the_demo_arms_are_benchmarked_on_the_real_embedded_model(embedded_model
         rows = list(csv.DictReader(handle))
     assert {r["arm"] for r in rows} == {"base", "proactive", "collabllm"}
     conversations = [json.loads(line) for line in _lines(tmp_path / "conversations.jsonl")]
+    assert any(conv["messages"] for conv in conversations)
     for conv in conversations:
-        assert conv["messages"] and conv["messages"][0]["role"] == "user"
-        assert conv["tokens"] and conv["tokens"] > 0  # counted by the server's tokenizer
-        assert conv["task"] in (0.0, 1.0) or "task" in conv["component_errors"]
+        # A small simulator may end the chat at once ([[TERMINATE CHAT]] or its fallback).
+        assert conv["ended"] in ("max_turns", "terminated")
+        if conv["messages"]:
+            assert conv["messages"][0]["role"] == "user"
+            assert conv["tokens"] > 0  # counted by the server's own tokenizer
+        assert conv["task"] in (0.0, 1.0) or conv["component_errors"]
+
+
+def test_a_chat_the_simulated_user_ends_at_once_is_not_scored(scripted_study, tmp_path):
+    study, server = scripted_study
+    server.responder = lambda body: json.dumps(
+        {"thought": "done", "response": "[[TERMINATE CHAT]]"}
+    )
+    call_command(
+        "benchmark_arms",
+        study.slug,
+        "--out",
+        str(tmp_path),
+        "--kinds",
+        "math",
+        "--limit",
+        "1",
+        stdout=io.StringIO(),
+    )
+    [row, *_] = [json.loads(line) for line in _lines(tmp_path / "conversations.jsonl")]
+    assert row["messages"] == [] and row["ended"] == "terminated" and row["task"] is None
+    assert server.stats.chat_requests == 3  # one simulator call per arm, nothing scored

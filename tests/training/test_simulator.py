@@ -59,3 +59,15 @@ async def test_a_failing_server_ends_the_chat_instead_of_raising(scripted, doc_t
     assert turn.terminated and turn.fallback == "terminate"
     assert "server_error" in (turn.error or "")
     assert scripted.stats.chat_requests == 3
+
+
+def test_the_json_strings_are_sized_to_fit_the_token_limit(scripted):
+    from models_serving.client import EndpointSpec
+    from training.pipeline.settings import Role
+    from training.pipeline.simulator import user_schema
+
+    spec = EndpointSpec(base_url="http://127.0.0.1:9/v1", model="m")
+    small = user_schema(Role(spec, {"max_tokens": 128}))["properties"]
+    assert (small["thought"]["maxLength"], small["response"]["maxLength"]) == (80, 160)
+    roomy = user_schema(Role(spec, {}))["properties"]
+    assert (roomy["thought"]["maxLength"], roomy["response"]["maxLength"]) == (200, 800)

@@ -22,7 +22,7 @@ from typing import Any
 from models_serving.client import EndpointSpec, ModelCallError
 from training.pipeline.llm import Runtime
 from training.pipeline.progress import run_reporting
-from training.pipeline.rewards import score_conversation
+from training.pipeline.rewards import Components, score_conversation
 from training.pipeline.settings import RewardSettings, Role, Roles, SamplingSettings
 from training.pipeline.simulator import policy_reply, simulate_user
 from training.pipeline.tasks import TASK_KINDS, Task
@@ -104,7 +104,11 @@ async def run_benchmark(
         arm_roles = Roles(
             policy=arm.role, user=roles.user, judge=roles.judge, extractor=roles.extractor
         )
-        terms = await score_conversation(rt, arm_roles, task, messages, reward)
+        if any(m["role"] == "assistant" for m in messages):
+            terms = await score_conversation(rt, arm_roles, task, messages, reward)
+        else:
+            # The simulated user left before the arm said anything: nothing of the arm to score.
+            terms = Components(errors={"chat": "the simulated user ended the chat at once"})
         nonlocal finished
         finished += 1
         if on_progress:

@@ -120,6 +120,19 @@ async def _server_token_count(endpoint: EndpointSpec, root: str, text: str) -> i
         return int(llama.json()["count"])
 
 
+# About 2.5 characters per token in small models' free text (less than English's usual 4), so a
+# JSON string sized by it ends before max_tokens cuts the object off unreadable.
+CHARS_PER_TOKEN = 2.5
+
+
+def text_budget(role: Role, cap: int, *, overhead: int = 40) -> int:
+    """Characters a JSON reply's strings may take so the object fits in the role's max_tokens."""
+    max_tokens = role.params.get("max_tokens")
+    if not max_tokens:
+        return cap
+    return max(16, min(cap, int(int(max_tokens) * CHARS_PER_TOKEN) - overhead))
+
+
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 

@@ -12,18 +12,14 @@ from typing import Any
 
 from models_serving.client import ModelCallError
 from training.pipeline import metrics
-from training.pipeline.llm import Messages, Runtime, parse_json_object
+from training.pipeline.llm import Messages, Runtime, parse_json_object, text_budget
 from training.pipeline.settings import RewardSettings, Roles
 from training.pipeline.simulator import prompt_template, transcript
 from training.pipeline.tasks import Task
 
 COMPONENTS = ("task", "penalty", "interactivity")
 _ARTEFACT = {"document": "document", "code": "Python code", "math": "answer"}
-_EXTRACT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"final": {"type": "string", "maxLength": 4000}},
-    "required": ["final"],
-}
+EXTRACT_CAP = 4000
 _JUDGE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"score": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
@@ -103,7 +99,13 @@ async def extract_artefact(rt: Runtime, roles: Roles, task: Task, messages: Mess
         {"role": "system", "content": system},
         {"role": "user", "content": transcript(messages)},
     ]
-    reply = await rt.chat(roles.extractor, prompt, label="extractor", schema=_EXTRACT_SCHEMA)
+    limit = text_budget(roles.extractor, EXTRACT_CAP)
+    schema = {
+        "type": "object",
+        "properties": {"final": {"type": "string", "maxLength": limit}},
+        "required": ["final"],
+    }
+    reply = await rt.chat(roles.extractor, prompt, label="extractor", schema=schema)
     data = parse_json_object(reply.text)
     if data is None or not isinstance(data.get("final"), str):
         raise ComponentError(f"unreadable extractor output: {reply.text[:200]!r}")

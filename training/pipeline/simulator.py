@@ -9,7 +9,7 @@ from importlib import resources
 from typing import Any, Literal
 
 from models_serving.client import ModelCallError
-from training.pipeline.llm import Messages, Runtime, parse_json_object
+from training.pipeline.llm import Messages, Runtime, parse_json_object, text_budget
 from training.pipeline.settings import Role
 from training.pipeline.tasks import Task
 
@@ -21,14 +21,24 @@ PERSONAS = (
     "a detail-oriented person with firm preferences who corrects mistakes",
     "a friendly hobbyist who writes casually and sometimes rambles",
 )
-_USER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "thought": {"type": "string", "maxLength": 200},
-        "response": {"type": "string", "maxLength": 800},
-    },
-    "required": ["thought", "response"],
-}
+THOUGHT_CAP, RESPONSE_CAP = 200, 800
+
+
+def user_schema(role: Role) -> dict[str, Any]:
+    """The simulator's JSON, its strings sized to the role's max_tokens (a third for thought)."""
+    budget = text_budget(role, THOUGHT_CAP + RESPONSE_CAP, overhead=80)
+    thought = min(THOUGHT_CAP, budget // 3)
+    response = min(RESPONSE_CAP, budget - thought)
+    return {
+        "type": "object",
+        "properties": {
+            "thought": {"type": "string", "maxLength": thought},
+            "response": {"type": "string", "maxLength": response},
+        },
+        "required": ["thought", "response"],
+    }
+
+
 Fallback = Literal["raw_text", "terminate"]
 
 
@@ -96,7 +106,7 @@ async def simulate_user(
     last_text, error = "", None
     for attempt in range(1, retries + 2):
         try:
-            reply = await rt.chat(role, messages, label="user", schema=_USER_SCHEMA)
+            reply = await rt.chat(role, messages, label="user", schema=user_schema(role))
         except ModelCallError as exc:
             error = str(exc)
             continue
