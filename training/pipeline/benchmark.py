@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models_serving.client import EndpointSpec, ModelCallError
+from models_serving.client import ModelCallError
 from training.pipeline.llm import Runtime
 from training.pipeline.progress import run_reporting
 from training.pipeline.rewards import Components, score_conversation
-from training.pipeline.settings import RewardSettings, Role, Roles, SamplingSettings
+from training.pipeline.settings import (
+    RewardSettings,
+    Role,
+    Roles,
+    SamplingSettings,
+    role_from,
+    roles_from_config,
+)
 from training.pipeline.simulator import policy_reply, simulate_user
 from training.pipeline.tasks import TASK_KINDS, Task
 from training.pipeline.tasksets import load_tasks
@@ -172,22 +179,6 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def role_from(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Role:
-    """A Role from a config mapping (base_url, model, params, json_mode, system_prompt)."""
-    merged = {**(defaults or {}), **config}
-    endpoint = EndpointSpec(
-        base_url=merged["base_url"],
-        model=merged["model"],
-        read_timeout=float(merged.get("read_timeout", 300)),
-    )
-    return Role(
-        endpoint,
-        dict(merged.get("params", {})),
-        merged.get("json_mode", "json_schema"),
-        merged.get("system_prompt", ""),
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import yaml
 
@@ -196,14 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text())
-    default = config.get("endpoint", {})
-    roles = Roles(
-        **{
-            name: role_from(config.get(name, {}), default)
-            for name in ("policy", "user", "judge", "extractor")
-        }
-    )
-    arms = [Arm(a["name"], role_from(a, default)) for a in config["arms"]]
+    roles = roles_from_config(config)
+    arms = [Arm(a["name"], role_from(a, config.get("endpoint", {}))) for a in config["arms"]]
     tasks = [
         t
         for kind in config.get("kinds", TASK_KINDS)

@@ -89,6 +89,28 @@ class SamplingSettings:
             raise ValueError("user_retries must be 0 or more")
 
 
+def role_from(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Role:
+    """A Role from a config mapping (base_url, model, params, json_mode, system_prompt)."""
+    merged = {**(defaults or {}), **config}
+    endpoint = EndpointSpec(
+        base_url=merged["base_url"],
+        model=merged["model"],
+        read_timeout=float(merged.get("read_timeout", 300)),
+    )
+    return Role(
+        endpoint,
+        dict(merged.get("params", {})),
+        merged.get("json_mode", "json_schema"),
+        merged.get("system_prompt", ""),
+    )
+
+
+def roles_from_config(config: dict[str, Any]) -> Roles:
+    """Every role from a config file's mapping: its own entry over the shared `endpoint`."""
+    default = config.get("endpoint", {})
+    return Roles(**{name: role_from(config.get(name, {}), default) for name in ROLES})
+
+
 def as_record(sampling: SamplingSettings, reward: RewardSettings) -> dict[str, Any]:
     """The settings as stored beside every dataset and benchmark table."""
     return {"sampling": asdict(sampling), "reward": asdict(reward)}

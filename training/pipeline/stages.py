@@ -1,5 +1,12 @@
 """The data stages of a training run as resumable functions over a run folder.
 
+    python -m training.pipeline.stages collect --config run.yaml --run-dir runs/1
+    python -m training.pipeline.stages build --run-dir runs/1 [--min-gap 0.05]
+
+run.yaml names the endpoints (`endpoint` shared, or per role: policy, user, judge, extractor, each
+with base_url, model, params, json_mode), `kind` (document, code or math), an optional `limit`,
+and `sampling` / `reward` settings (training/pipeline/settings.py).
+
     run_dir/conversations/<task id>.json   one collected conversation each (written atomically)
     run_dir/data/{sft,dpo,prompts}/         datasets with their data cards
 
@@ -13,6 +20,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +29,15 @@ from training.pipeline.data import dpo_rows, prompt_rows, save_dataset, sft_rows
 from training.pipeline.llm import CallStats, Runtime
 from training.pipeline.mr import score_candidates
 from training.pipeline.progress import Progress, run_reporting
-from training.pipeline.settings import RewardSettings, Roles, SamplingSettings, as_record
+from training.pipeline.settings import (
+    RewardSettings,
+    Roles,
+    SamplingSettings,
+    as_record,
+    roles_from_config,
+)
 from training.pipeline.tasks import Task
+from training.pipeline.tasksets import load_tasks
 
 
 def conversation_path(run_dir: Path, task_id: str) -> Path:
@@ -131,3 +146,37 @@ def _as_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     return "".join(m["content"] for m in completion if m.get("role") == "assistant")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(description="Collect conversations or build datasets.")
+    parser.add_argument("stage", choices=["collect", "build"])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--config", type=Path, help="collect: the run's YAML settings")
+    parser.add_argument("--min-gap", type=float, default=0.0, help="build: minimum MR gap")
+    args = parser.parse_args(argv)
+    if args.stage == "build":
+        print(json.dumps(build_datasets(args.run_dir, min_gap=args.min_gap)))
+        return 0
+    if args.config is None:
+        parser.error("collect needs --config")
+    config = yaml.safe_load(args.config.read_text())
+    tasks = load_tasks(config.get("kind", "document"), split="train")[: config.get("limit")]
+    stats = collect(
+        args.run_dir,
+        tasks,
+        roles_from_config(config),
+        SamplingSettings(**config.get("sampling", {})),
+        RewardSettings(**config.get("reward", {})),
+        on_progress=lambda done, total: print(f"{done}/{total} conversations", flush=True),
+    )
+    print(json.dumps(asdict(stats)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
