@@ -268,3 +268,44 @@ def test_online_dpo_trains_on_the_multiturn_reward_of_sampled_replies(
     # Each of the 2 sampled replies was scored by forward sampling: user, policy, extractor.
     assert server.stats.chat_requests - before >= 2 * 3
     assert _stage(run, "register").status == S.QUEUED and len(queued) == 1
+
+
+def test_the_train_command_queues_a_run_and_names_what_it_cannot_start(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    run = _run(ModelEndpointFactory(), tmp_path)
+    out = StringIO()
+    with django_capture_on_commit_callbacks() as queued:
+        call_command("train", str(run.pk), stdout=out)
+    assert "Queued" in out.getvalue() and len(queued) == 1
+    with pytest.raises(CommandError, match="already running"):
+        call_command("train", str(run.pk))
+    with pytest.raises(CommandError, match="no training run"):
+        call_command("train", "999999")
+
+
+@pytest.mark.django_db(transaction=True)  # stages are queued on commit, as outside tests
+def test_an_inline_run_carries_out_its_stages_here_and_reports_the_failure(
+    tmp_path, fake_endpoint, settings
+):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    from webapp.celery import app
+
+    endpoint, _ = fake_endpoint
+    run = _run(endpoint, tmp_path)
+    out = StringIO()
+    try:
+        with pytest.raises(CommandError, match="ended failed"):
+            call_command("train", str(run.pk), "--inline", stdout=out)
+    finally:
+        app.conf.task_always_eager = False
+    statuses = dict(run.stage_rows.values_list("name", "status"))
+    assert statuses["collect"] == statuses["build_data"] == S.SUCCEEDED
+    assert statuses["sft"] == S.FAILED and "sft: failed" in out.getvalue()
