@@ -247,8 +247,14 @@ def test_online_dpo_trains_on_the_multiturn_reward_of_sampled_replies(
     from tests.training.tiny import tiny_policy
 
     endpoint, server = fake_endpoint
-    online = {"enabled": True, "learning_rate": 1e-4, "batch_size": 2, "beta": 0.1,
-              "max_steps": 1, "max_new_tokens": 8}  # fmt: skip
+    online = {
+        "enabled": True,
+        "learning_rate": 1e-4,
+        "batch_size": 2,
+        "beta": 0.1,
+        "max_steps": 1,
+        "max_new_tokens": 8,
+    }
     run = _run(endpoint, tmp_path, sft={"enabled": False}, online_dpo=online)
     TrainingRun.objects.filter(pk=run.pk).update(
         base_model=str(tiny_policy(tmp_path / "base")),
@@ -309,3 +315,11 @@ def test_an_inline_run_carries_out_its_stages_here_and_reports_the_failure(
     statuses = dict(run.stage_rows.values_list("name", "status"))
     assert statuses["collect"] == statuses["build_data"] == S.SUCCEEDED
     assert statuses["sft"] == S.FAILED and "sft: failed" in out.getvalue()
+
+
+def test_a_finished_stage_keeps_the_rate_it_ran_at():
+    start = timezone.now() - timedelta(hours=1)
+    stage = TrainingStage(
+        name="collect", done=8, total=8, started_at=start, finished_at=start + timedelta(minutes=4)
+    )
+    assert runs.stage_rate(stage) == (pytest.approx(2.0), 0.0)

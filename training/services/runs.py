@@ -192,10 +192,10 @@ def stages_resume_stale() -> list[int]:
 
 
 def stage_rate(stage: TrainingStage) -> tuple[float | None, float | None]:
-    """Items per minute since the stage started, and seconds left at that rate."""
+    """Items per minute from the stage's start to its end (or now), and seconds left."""
     if not stage.started_at or not stage.done:
         return None, None
-    elapsed = (timezone.now() - stage.started_at).total_seconds()
+    elapsed = ((stage.finished_at or timezone.now()) - stage.started_at).total_seconds()
     if elapsed <= 0:
         return None, None
     per_second = stage.done / elapsed
