@@ -108,13 +108,20 @@ async def _whole_reply(
     raise ModelCallError("malformed_stream", "the stream ended without a result")
 
 
+_LLAMA_CPP_ROOTS: set[str] = set()  # servers whose /tokenize said 404: ask llama.cpp's route
+
+
 async def _server_token_count(endpoint: EndpointSpec, root: str, text: str) -> int:
     timeout = httpx.Timeout(endpoint.read_timeout, connect=endpoint.connect_timeout)
     async with httpx.AsyncClient(timeout=timeout) as http:
         # vLLM: POST /tokenize; llama-cpp-python's server: POST /extras/tokenize/count.
-        vllm = await http.post(f"{root}/tokenize", json={"model": endpoint.model, "prompt": text})
-        if vllm.status_code == 200:
-            return int(vllm.json()["count"])
+        if root not in _LLAMA_CPP_ROOTS:
+            body = {"model": endpoint.model, "prompt": text}
+            vllm = await http.post(f"{root}/tokenize", json=body)
+            if vllm.status_code == 200:
+                return int(vllm.json()["count"])
+            if vllm.status_code == 404:
+                _LLAMA_CPP_ROOTS.add(root)
         llama = await http.post(f"{root}/extras/tokenize/count", json={"input": text})
         llama.raise_for_status()
         return int(llama.json()["count"])
