@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -140,11 +140,6 @@ async def policy_reply(
 ) -> tuple[str, int | None]:
     """One assistant reply and its completion tokens (from the server's usage)."""
     if temperature is not None:
-        role = Role(
-            role.endpoint,
-            {**role.params, "temperature": temperature},
-            role.json_mode,
-            role.system_prompt,
-        )
+        role = replace(role, params={**role.params, "temperature": temperature})
     reply = await rt.chat(role, policy_messages(role, conversation), label="policy")
     return reply.text.strip(), reply.completion_tokens
