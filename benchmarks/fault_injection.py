@@ -46,7 +46,7 @@ def _commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", type=int, default=300)
-    parser.add_argument("--participants", type=int, default=6)
+    parser.add_argument("--participants", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between faults")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=3600.0)

@@ -37,6 +37,7 @@ class Audit:
     truncated: int = 0
     duplicated: int = 0
     findings: list[str] = field(default_factory=list)
+    t0: float = 0.0
 
     def add(self, kind: str, who: int, what: str) -> None:
         setattr(self, kind, getattr(self, kind) + 1)
@@ -88,8 +89,10 @@ def audit_run(
     tokens: int,
     kills: list[tuple[int, float]],
     requests: list[ModelRequest],
+    t0: float = 0.0,
 ) -> Audit:
-    audit = Audit()
+    """Audit every participant; `t0` (epoch seconds) dates findings like the fault timeline."""
+    audit = Audit(t0=t0)
     whole = expected_text(tokens)
     with psycopg.connect(database_url) as conn:
         for p in participants:
@@ -157,7 +160,7 @@ def _audit_one(audit, p, rows, ratings, whole, kills, finished) -> None:
 def _audit_reply(audit, p, row, whole, kills, finished: bool) -> None:
     pk, turn, _, attempt, status, content, *_ = row
     seen = p.replies.get(pk)
-    where = f"turn {turn} attempt {attempt} (message {pk})"
+    where = f"turn {turn} attempt {attempt} (message {pk}, made at {row[7] - audit.t0:+.1f} s)"
     if status == "complete":
         if content != whole:
             audit.add("truncated", p.index, f"{where} stored complete with {len(content)} chars")

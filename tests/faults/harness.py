@@ -158,6 +158,8 @@ class Injector:
         self.kills: list[tuple[int, float]] = []
         self.skipped: Counter[str] = Counter()
         self.wanted: Counter[str] = Counter()
+        self.timeline: list[tuple[float, str, str]] = []  # (seconds into the run, kind, detail)
+        self.t0, self.t0_epoch = time.monotonic(), time.time()
         for person in people:
             person.wanted = self.wanted  # shared: whoever sends that frame next duplicates it
 
@@ -203,32 +205,43 @@ class Injector:
             await self._mid_stream()
         if kind == "web_kill":
             web = self.rng.choice(p.webs)
+            self._note(kind, f"web {web.index}")
             self.kills.append((web.index, time.monotonic()))
             web.kill()
             self.counts[kind] += 1
             await asyncio.to_thread(web.start)
         elif kind == "redis_restart":
-            await asyncio.to_thread(p.redis.restart, self.rng.uniform(0.2, 2.0))
+            down = self.rng.uniform(0.2, 2.0)
+            self._note(kind, f"down {down:.1f} s")
+            await asyncio.to_thread(p.redis.restart, down)
             self.counts[kind] += 1
         elif kind == "pg_restart":
-            mode = self.rng.choice(("fast", "immediate"))
-            await asyncio.to_thread(p.pg.restart, mode, self.rng.uniform(0.2, 2.0))
+            mode, down = self.rng.choice(("fast", "immediate")), self.rng.uniform(0.2, 2.0)
+            self._note(kind, f"-m {mode}, down {down:.1f} s")
+            await asyncio.to_thread(p.pg.restart, mode, down)
             self.counts[kind] += 1
         elif kind == "socket_drop":
             live = [x for x in self.people if x.socket is not None]
             streaming = [x for x in live if x.following is not None]
-            if not live or not self.rng.choice(streaming or live).drop():
+            victim = self.rng.choice(streaming or live) if live else None
+            if victim is None or not victim.drop():
                 return False
+            self._note(kind, f"participant {victim.index}")
             self.counts[kind] += 1
         elif kind.startswith("model_"):
             if p.model.faults:
                 return False
             p.model.faults.append(kind.removeprefix("model_"))
+            self._note(kind, "queued for the next streamed request")
         else:  # a duplicate frame, sent by the next participant that sends that frame
             if self.wanted[kind]:
                 return False
             self.wanted[kind] += 1
+            self._note(kind, "asked of the next participant sending that frame")
         return True
+
+    def _note(self, kind: str, detail: str) -> None:
+        self.timeline.append((round(time.monotonic() - self.t0, 2), kind, detail))
 
 
 async def _settle(database_url: str, seconds: float) -> int:
@@ -285,6 +298,7 @@ async def fault_run(config: FaultConfig) -> dict:
             tokens=config.tokens,
             kills=injector.kills,
             requests=platform.model.requests,
+            t0=injector.t0_epoch,
         )
         return _report(config, injector, people, audit, platform, left_streaming, {
             "setup": setup_seconds, "chaos": chaos_seconds,
@@ -303,9 +317,10 @@ def _report(config, injector, people, audit: Audit, platform, left_streaming, se
         "faults": dict(sorted(faults.items())),
         "total_faults": sum(faults.values()),
         "skipped_faults": dict(injector.skipped),
-        "audit": {k: v for k, v in asdict(audit).items() if k != "findings"},
+        "audit": {k: v for k, v in asdict(audit).items() if k not in ("findings", "t0")},
         "findings": audit.findings,
         "streaming_rows_left": left_streaming,
+        "timeline": injector.timeline,
         "participants": [
             {
                 "index": p.index,

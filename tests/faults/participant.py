@@ -29,6 +29,7 @@ QUIET_SYNC = 5.0  # chat.js: a streaming reply quiet this long asks for the whol
 FRAME_TIMEOUT = 15.0  # an answer to sync/rating/send that takes longer: the page reconnects
 BACKOFF = (0.3, 4.0)
 # Every message names its sender, turn and key, so the model's requests can be traced back.
+ENDED = ("complete", "failed", "interrupted")
 TAG = re.compile(r"Participant (\d+), turn \d+ \(([0-9a-f]{8})\)")
 
 
@@ -59,7 +60,7 @@ class Reply:
         self.text = text
         if len(text) > len(self.shown):
             self.shown = text
-        if status is None or status == "streaming":
+        if status not in ENDED:  # streaming, or a state this harness does not know (waiting)
             return
         self.status = status
         if self.final_at is None:
@@ -162,7 +163,7 @@ class SimParticipant:
                 await self._send(self.pending)
             elif state.get("rating_due") is not None:
                 await self._rate(state["rating_due"])
-            elif last is not None and last["status"] == "streaming":
+            elif last is not None and last["status"] not in ENDED:
                 await self._follow(last["id"], deadline)
             elif last is not None and last["status"] in ("failed", "interrupted"):
                 await self._retry(last)
@@ -197,6 +198,7 @@ class SimParticipant:
         if ack["type"] == "error":
             if ack.get("code") != "busy":  # busy: a reply still streams; send again after it
                 sent.refused, self.pending = str(ack.get("code")), None
+            await asyncio.sleep(0.5)  # as a person reading the notice: never a tight loop
         else:
             self.pending = None
             if not ack.get("replayed"):
@@ -303,6 +305,8 @@ class SimParticipant:
                 reply.see(frame["full"])
             elif frame["start"] <= len(reply.text):
                 reply.see(reply.text[: frame["start"]] + frame["delta"])
+        elif kind == "saving" and frame.get("id") in self.replies:
+            self.replies[frame["id"]].see(frame.get("text") or "")  # finished, being stored
         elif kind == "complete":
             m = frame["message"]
             self._reply(m["id"], m["turn"]).see(m["text"], "complete")
