@@ -1,10 +1,16 @@
 """Generating a reply: owned by the turn, not by the socket that asked for it.
 
-`generation_start` runs the reply as a task of the web process. Deltas are coalesced into frames
-(at most one per CHAT_FRAME_INTERVAL) and published to the participant's channel-layer group, so a
-socket on any web process can follow. The partial text is checkpointed every
-CHAT_CHECKPOINT_INTERVAL; those frames also carry the whole text so a socket that joined late heals
-any gap. The finished reply is written once.
+`generation_start` runs the reply as a task of the web process. Beside the model stream runs the
+supervised relay (`relay`): deltas coalesced into frames (at most one per CHAT_FRAME_INTERVAL)
+published to the participant's channel-layer group, so a socket on any web process can follow;
+checkpoints of the partial text every CHAT_CHECKPOINT_INTERVAL (those frames also carry the whole
+text so a socket that joined late heals any gap); and a liveness key in Redis that tells the
+reaper this process still owns the reply. Each rides out Redis and PostgreSQL blips.
+
+The finished reply is written once. A database error on that write is retried with backoff
+(FINAL_WRITE_BACKOFF); if the database stays away, the reply is held in Redis (`inflight`) and
+the participant sees a "saving" frame; this process keeps trying (HELD_BACKOFF) with the text in
+memory, and the periodic sweep writes the held copy should this process die first.
 
 Before streaming, the reply takes one of its endpoint's stream slots in Redis (`limits`) on the
 replica with the fewest outstanding streams (`routing`). While none is free the
@@ -361,8 +367,22 @@ async def _hold(reply: RunningReply, fields: dict, *, announce: bool = True) -> 
     return held
 
 
+async def _end(**fields: object) -> None:
+    """turn_fail, retried like the final write; if the database stays away, the reaper ends it."""
+    for wait in (*FINAL_WRITE_BACKOFF, None):
+        try:
+            await database_sync_to_async(turns.turn_fail)(**fields)
+            return
+        except DatabaseError:
+            metrics.relay_errors_total.labels("final_write").inc()
+            log.warning("could not end reply %s", fields["message_id"], exc_info=True)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
+
+
 async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) -> None:
-    await database_sync_to_async(turns.turn_fail)(
+    await _end(
         message_id=reply.message_id,
         text=reply.text,
         kind=kind,
@@ -382,7 +402,7 @@ async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) 
 
 
 async def _interrupted(reply: RunningReply) -> None:
-    await database_sync_to_async(turns.turn_fail)(
+    await _end(
         message_id=reply.message_id,
         text=reply.text,
         kind="abandoned" if reply.abandoned else "interrupted",
