@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from studies import tasks
 from studies.models import Event, Message
-from studies.services import generation, inflight, turns
+from studies.services import generation, inflight, relay, turns
 from tests.studies.test_consumer import frames_until, messages_of, send_turn, settled
 from tests.studies.test_generation_routing import SLOW, chat, make_participants
 
@@ -225,6 +225,29 @@ async def test_a_held_reply_of_a_process_that_died_is_stored_by_the_sweep(fake_m
     assert reply.status == "complete" and reply.content == "Sure, here is a plan."
 
 
+async def test_a_relay_loop_that_crashes_is_restarted(slow_fake_model, settings, monkeypatch):
+    real, crashes = relay.frames, []
+
+    async def crashing(reply, wake):
+        if not crashes:
+            crashes.append(reply.message_id)
+            raise RuntimeError("a bug in the relay")
+        await real(reply, wake)
+
+    monkeypatch.setattr(relay, "frames", crashing)
+    restarts = REGISTRY.get_sample_value("collabllm_relay_restarts_total", {"loop": "frames"})
+    (participant,) = await make_participants([slow_fake_model.base_url], params=SLOW)
+    comm = await chat(participant)
+    await send_turn(comm)
+    frames = await frames_until(comm, {"complete", "failed"})
+    assert crashes and frames[-1]["type"] == "complete"
+    assert [f for f in frames if f["type"] == "delta"]
+    after = REGISTRY.get_sample_value("collabllm_relay_restarts_total", {"loop": "frames"})
+    assert after == (restarts or 0) + 1
+    await settled()
+    await comm.disconnect()
+
+
 async def test_a_redis_restart_mid_stream_loses_no_reply(slow_fake_model, settings, tmp_path):
     from tests.redis_server import RedisServer
 
@@ -251,10 +274,14 @@ async def test_a_redis_restart_mid_stream_loses_no_reply(slow_fake_model, settin
         await asyncio.to_thread(server.start)
         await asyncio.sleep(1.2)  # past the stale bound: a relay that died has stopped checkpoints
         assert await sync_to_async(tasks.reap_stale_replies)() == 0
+        frames = await frames_until(comm, {"complete", "failed"})  # the socket resubscribed
+        assert frames[-1]["type"] == "complete" and frames[:-1]
+        assert frames[-1]["message"]["text"].startswith(text_from(frames))
         await settled()
         assert counted("publish") + counted("liveness") > before
         _, reply = await messages_of(participant)
         assert reply.status == "complete" and reply.completion_tokens == params["max_tokens"]
+        assert reply.content == frames[-1]["message"]["text"]
         await comm.disconnect()
     finally:
         await get_channel_layer().flush()
