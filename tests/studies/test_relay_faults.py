@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from channels.layers import get_channel_layer
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -197,6 +197,56 @@ async def test_a_final_write_failing_for_good_is_held_in_redis_and_stored_once_b
     assert reply.status == "complete" and reply.content == saving["text"]
     completed = Event.objects.filter(kind="study.turn.completed", payload__reply=reply.pk)
     assert await completed.acount() == 1
+    await comm.disconnect()
+
+
+class Outage:
+    """Every SQL statement of the database thread fails while `down`: PostgreSQL is away."""
+
+    def __init__(self) -> None:
+        self.down, self.refused = False, 0
+
+    def __call__(self, execute, sql, params, many, context):
+        if self.down:
+            self.refused += 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+
+@pytest.fixture
+async def outage():
+    """An execute wrapper on the connection that the replies' database thread uses."""
+    fault = Outage()
+    await sync_to_async(lambda: connection.execute_wrappers.append(fault))()
+    yield fault
+    fault.down = False
+    await sync_to_async(lambda: connection.execute_wrappers.remove(fault))()
+
+
+async def test_a_reply_outlives_a_database_outage_from_mid_stream_to_after_its_end(
+    slow_fake_model, settings, monkeypatch, outage
+):
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.2
+    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", (0.05, 0.1), raising=False)
+    monkeypatch.setattr(generation, "HELD_BACKOFF", (0.2, 0.2), raising=False)
+    (participant,) = await make_participants([slow_fake_model.base_url], params=SLOW)
+    comm = await chat(participant)
+    before = counted("checkpoint")
+    await send_turn(comm)
+    await frames_until(comm, {"delta"})
+    outage.down = True
+    saving = (await frames_until(comm, {"saving", "complete", "failed"}))[-1]
+    assert saving["type"] == "saving" and saving["text"]
+    assert counted("checkpoint") > before and outage.refused
+    held = await sync_to_async(inflight.held_get)(saving["id"])
+    assert held is not None and held["text"] == saving["text"]
+    outage.down = False
+    final = (await frames_until(comm, {"complete", "failed"}))[-1]
+    assert final["type"] == "complete" and final["message"]["text"] == saving["text"]
+    await settled()
+    _, reply = await messages_of(participant)
+    assert reply.status == "complete" and reply.content == saving["text"]
+    assert await sync_to_async(inflight.held_get)(saving["id"]) is None
     await comm.disconnect()
 
 
