@@ -21,8 +21,9 @@ from django.conf import settings
 from redis import Redis
 
 KEY_PREFIX = "collabllm:replies"
-# Redis calls here are tiny; waiting longer than this for one means Redis is away.
-REDIS_TIMEOUT = 2.0
+# Redis calls here are tiny; waiting longer than this for one means Redis is away. Short, since
+# the reaper asks from the database thread of a web process (on socket connect).
+REDIS_TIMEOUT = 0.5
 
 
 @cache

@@ -377,6 +377,8 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     if participant_id is not None:
         stale = stale.filter(participant_id=participant_id)
     rows = list(stale.values_list("pk", "updated_at"))
+    if not rows:  # the usual case: no round trip to Redis on the database thread
+        return []
     try:
         keep = inflight.alive_among([pk for pk, _ in rows]) | set(inflight.held_ids())
     except RedisError:
