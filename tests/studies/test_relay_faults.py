@@ -113,8 +113,9 @@ async def test_a_reply_whose_checkpoints_keep_failing_is_not_reaped_while_its_pr
     slow_fake_model, settings, monkeypatch
 ):
     settings.CHAT_CHECKPOINT_INTERVAL = 0.2
-    settings.CHAT_STALE_STREAM_SECONDS = 0.9
-    (participant,) = await make_participants([slow_fake_model.base_url], params=LONG)
+    settings.CHAT_STALE_STREAM_SECONDS = 2.0
+    params = {"max_tokens": 50, "fake_delay_ms": 120}  # about 6 s of streaming
+    (participant,) = await make_participants([slow_fake_model.base_url], params=params)
     comm = await chat(participant)
     calls: list = []
     blip = OperationalError("the database is away")
@@ -123,7 +124,7 @@ async def test_a_reply_whose_checkpoints_keep_failing_is_not_reaped_while_its_pr
     )
     await send_turn(comm)
     await frames_until(comm, {"delta"})
-    await asyncio.sleep(1.5)  # past the stale bound, with every checkpoint failing
+    await asyncio.sleep(2.5)  # past the stale bound, with every checkpoint failing
     reaped = await sync_to_async(tasks.reap_stale_replies)()  # the beat task: another process
     assert reaped == 0
     frames = await frames_until(comm, {"complete", "failed"})
