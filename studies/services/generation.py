@@ -296,14 +296,14 @@ async def _finish(reply: RunningReply, result: GenerationResult) -> None:
         await publish(reply.participant_id, {"frame": "complete", **frame})
 
 
-async def _store(fields: dict) -> dict | None:
+async def _store(fields: dict, *, held: bool = False) -> dict | None:
     """One try of the final write: the complete frame's fields, or None for a superseded reply.
 
     Raises DatabaseError when the database refused; a reply already stored (by the sweep that
     drains held replies) counts as stored.
     """
     try:
-        outcome = await database_sync_to_async(turns.turn_complete)(**fields)
+        outcome = await database_sync_to_async(turns.turn_complete)(**fields, held=held)
     except StudyActionError as exc:
         if exc.code != "already_complete":
             raise
@@ -340,7 +340,7 @@ async def _write_final(reply: RunningReply, fields: dict) -> dict | None:
         await asyncio.sleep(backoff.failed())
         held = held or await _hold(reply, fields, announce=False)
         try:
-            frame = await _store(fields)
+            frame = await _store(fields, held=True)
         except DatabaseError:
             metrics.relay_errors_total.labels("final_write").inc()
             log.warning("held reply %s still not stored", reply.message_id, exc_info=True)

@@ -238,8 +238,11 @@ def turn_complete(
     usage_source: str = "stream",
     inter_token_latency: float | None = None,
     endpoint_url: str = "",
+    held: bool = False,
 ) -> TurnOutcome:
     """Store the finished reply once and open the rating checkpoint when the schedule says so.
+
+    `held` says the reply waited in Redis for the database (recorded in the event).
 
     A reply the reaper interrupted while its process still lived is completed all the same when
     no retry has replaced it; when one has, its text is kept on the interrupted row. Completing a
@@ -295,6 +298,7 @@ def turn_complete(
                 "reply": message.pk,
                 "rating_due": rating_due,
                 **({"after_reaped": True} if reaped else {}),
+                **({"held": True} if held else {}),
             },
         )
     return TurnOutcome(message, rating_due, done)
@@ -417,7 +421,7 @@ def turn_store_held(*, participant_id: int | None = None) -> list[int]:
             continue
         fields = {k: v for k, v in record.items() if k != "participant_id"}
         try:
-            turn_complete(**fields)
+            turn_complete(**fields, held=True)
             stored.append(pk)
         except StudyActionError as exc:
             log.info("held reply %s not stored again: %s", pk, exc.code)
