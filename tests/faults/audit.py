@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import psycopg
 
@@ -44,6 +45,19 @@ class Audit:
         self.findings.append(f"{kind}: participant {who}: {what}")
 
 
+class Row(NamedTuple):
+    """One studies_message row, as the auditor reads it."""
+
+    id: int
+    turn: int
+    role: str
+    attempt: int
+    status: str
+    content: str
+    key: str | None
+    created: float  # epoch seconds
+
+
 def expected_text(tokens: int) -> str:
     return " ".join(f"tok{i}" for i in range(tokens))
 
@@ -58,7 +72,9 @@ def _crash_hit(reply: Reply, kills: list[tuple[int, float]]) -> bool:
     )
 
 
-def _finished_by_model(p: SimParticipant, rows: list, requests: list[ModelRequest]) -> set[int]:
+def _finished_by_model(
+    p: SimParticipant, rows: list[Row], requests: list[ModelRequest]
+) -> set[int]:
     """Ids of the reply rows whose model request sent the whole reply.
 
     A request belongs to the latest attempt of its turn (found by the tag in the participant's
@@ -66,19 +82,19 @@ def _finished_by_model(p: SimParticipant, rows: list, requests: list[ModelReques
     goes out, and the next attempt is made only after this one has ended.
     """
     turn_of = {key[:8]: s.turn for key, s in p.sent.items() if s.turn is not None}
-    attempts: dict[int, list] = defaultdict(list)
+    attempts: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
-        if r[2] == "assistant":
-            attempts[r[1]].append(r)
+        if r.role == "assistant":
+            attempts[r.turn].append(r)
     finished = set()
     for request in requests:
         match = TAG.search(request.prompt)
         if not request.whole or match is None or match.group(1) != str(p.index):
             continue
         turn = turn_of.get(match.group(2))
-        earlier = [r for r in attempts.get(turn or -1, []) if r[7] <= request.started + 0.05]
+        earlier = [r for r in attempts.get(turn or -1, []) if r.created <= request.started + 0.05]
         if earlier:
-            finished.add(max(earlier, key=lambda r: r[7])[0])
+            finished.add(max(earlier, key=lambda r: r.created).id)
     return finished
 
 
@@ -104,13 +120,16 @@ def audit_run(
                 [user_ids],
             ).fetchall()
             for (owner,) in owners:
-                rows = conn.execute(
-                    "SELECT id, turn_index, role, attempt, status, content,"
-                    " idempotency_key::text, extract(epoch FROM created_at)::float"
-                    " FROM studies_message"
-                    " WHERE participant_id = %s ORDER BY id",
-                    [owner],
-                ).fetchall()
+                rows = [
+                    Row(*r)
+                    for r in conn.execute(
+                        "SELECT id, turn_index, role, attempt, status, content,"
+                        " idempotency_key::text, extract(epoch FROM created_at)::float"
+                        " FROM studies_message"
+                        " WHERE participant_id = %s ORDER BY id",
+                        [owner],
+                    )
+                ]
                 ratings = conn.execute(
                     "SELECT after_turn, count(*) FROM studies_turnrating"
                     " WHERE participant_id = %s GROUP BY after_turn",
@@ -122,13 +141,21 @@ def audit_run(
     return audit
 
 
-def _audit_one(audit, p, rows, ratings, whole, kills, finished) -> None:
-    by_key: Counter[str] = Counter(r[6] for r in rows if r[2] == "user")
-    users_per_turn: Counter[int] = Counter(r[1] for r in rows if r[2] == "user")
-    assistant: dict[int, list] = defaultdict(list)
+def _audit_one(
+    audit: Audit,
+    p: SimParticipant,
+    rows: list[Row],
+    ratings: list[tuple[int, int]],
+    whole: str,
+    kills: list[tuple[int, float]],
+    finished: set[int],
+) -> None:
+    by_key: Counter[str | None] = Counter(r.key for r in rows if r.role == "user")
+    users_per_turn: Counter[int] = Counter(r.turn for r in rows if r.role == "user")
+    assistant: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
-        if r[2] == "assistant":
-            assistant[r[1]].append(r)
+        if r.role == "assistant":
+            assistant[r.turn].append(r)
     audit.replies += sum(len(v) for v in assistant.values())
     for after_turn, count in ratings:
         if count > 1:
@@ -148,19 +175,29 @@ def _audit_one(audit, p, rows, ratings, whole, kills, finished) -> None:
         if not replies:
             audit.add("silently_lost", p.index, f"turn {sent.turn} has no reply row")
             continue
-        completes = [r for r in replies if r[4] == "complete"]
+        completes = [r for r in replies if r.status == "complete"]
         if completes:
             audit.complete += 1
         if len(completes) > 1:
             audit.add("duplicated", p.index, f"{len(completes)} complete replies, turn {sent.turn}")
         for row in replies:
-            _audit_reply(audit, p, row, whole, kills, row[0] in finished)
+            _audit_reply(audit, p, row, whole, kills, row.id in finished)
 
 
-def _audit_reply(audit, p, row, whole, kills, finished: bool) -> None:
-    pk, turn, _, attempt, status, content, *_ = row
-    seen = p.replies.get(pk)
-    where = f"turn {turn} attempt {attempt} (message {pk}, made at {row[7] - audit.t0:+.1f} s)"
+def _audit_reply(
+    audit: Audit,
+    p: SimParticipant,
+    row: Row,
+    whole: str,
+    kills: list[tuple[int, float]],
+    finished: bool,
+) -> None:
+    status, content = row.status, row.content
+    seen = p.replies.get(row.id)
+    where = (
+        f"turn {row.turn} attempt {row.attempt} (message {row.id}, "
+        f"made at {row.created - audit.t0:+.1f} s)"
+    )
     if status == "complete":
         if content != whole:
             audit.add("truncated", p.index, f"{where} stored complete with {len(content)} chars")

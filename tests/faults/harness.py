@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,7 @@ class Platform:
         )
         self.webs: list[WebSlot] = []
         self.plan: dict = {}
-        self._stop_model = None
+        self._stop_model: Callable[[], None] | None = None
 
     @property
     def database_url(self) -> str:
@@ -249,9 +250,10 @@ async def _settle(database_url: str, seconds: float) -> int:
     deadline = time.monotonic() + seconds
     while True:
         with psycopg.connect(database_url) as conn:
-            left = conn.execute(
+            row = conn.execute(
                 "SELECT count(*) FROM studies_message WHERE status = 'streaming'"
-            ).fetchone()[0]
+            ).fetchone()
+        left = row[0] if row else 0
         if left == 0 or time.monotonic() > deadline:
             return left
         await asyncio.sleep(1.0)
