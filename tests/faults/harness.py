@@ -33,7 +33,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.faults.audit import Audit, audit_run
+from tests.faults.audit import Audit, audit_run, expected_text
 from tests.faults.participant import SimParticipant, enter
 from tests.faults.services import ROOT, FaultyModel, Postgres, Redis, WebSlot
 
@@ -200,10 +200,38 @@ class Injector:
         reply_seconds = self.platform.config.tokens * self.platform.config.token_delay_ms / 1000
         await asyncio.sleep(self.rng.uniform(0, reply_seconds))
 
+    async def _near_end(self) -> None:
+        """Wait (a little) until some reply on screen is most of the way through."""
+        whole = len(expected_text(self.platform.config.tokens))
+        for _ in range(200):  # at most 10 s
+            for x in self.people:
+                reply = x.replies.get(x.following or -1)
+                if reply is not None and len(reply.shown) >= 0.7 * whole:
+                    return
+            await asyncio.sleep(0.05)
+
+    async def _slow_stream(self) -> None:
+        """Wait (a little) until one of the slow replies streams, then a random while more."""
+        for _ in range(200):  # at most 10 s
+            if self.platform.model.slow_streaming:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(self.rng.uniform(0, 2.0))
+
     async def inject(self, kind: str) -> bool:
+        """Inject one fault of `kind`; False when it cannot happen right now.
+
+        Blips are aimed where they hurt: a PostgreSQL restart at the end of a reply (its final
+        write), a Redis restart while a reply longer than the stale window streams (its relay and
+        checkpoints), a web kill or socket drop anywhere in a reply.
+        """
         p = self.platform
-        if kind in ("web_kill", "redis_restart", "pg_restart", "socket_drop"):
+        if kind in ("web_kill", "socket_drop"):
             await self._mid_stream()
+        elif kind == "pg_restart":
+            await self._near_end()
+        elif kind == "redis_restart":
+            await self._slow_stream()
         if kind == "web_kill":
             web = self.rng.choice(p.webs)
             self._note(kind, f"web {web.index}")
@@ -217,7 +245,7 @@ class Injector:
             await asyncio.to_thread(p.redis.restart, down)
             self.counts[kind] += 1
         elif kind == "pg_restart":
-            mode, down = self.rng.choice(("fast", "immediate")), self.rng.uniform(0.2, 2.0)
+            mode, down = self.rng.choice(("fast", "immediate")), self.rng.uniform(0.5, 2.5)
             self._note(kind, f"-m {mode}, down {down:.1f} s")
             await asyncio.to_thread(p.pg.restart, mode, down)
             self.counts[kind] += 1

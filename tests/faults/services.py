@@ -267,6 +267,7 @@ class FaultyModel(FakeOpenAIServer):
     slow_every: int = 0
     slow_delay_ms: float = 0.0
     healthy: int = 0
+    slow_streaming: int = 0  # slow replies streaming now
     # One per streamed request: the tag of its last user message, when it started (epoch
     # seconds), its fault ("" for none), and whether the whole reply went out to the client.
     requests: list[ModelRequest] = field(default_factory=list)
@@ -285,8 +286,12 @@ class FaultyModel(FakeOpenAIServer):
         else:
             self.healthy += 1
             if self.slow_every and self.healthy % self.slow_every == 0:
-                body["fake_delay_ms"] = self.slow_delay_ms
-        served = await super()._chat(json.dumps(body).encode(), reader, writer)
+                body["fake_delay_ms"] = request.slow = self.slow_delay_ms
+        self.slow_streaming += bool(request.slow)
+        try:
+            served = await super()._chat(json.dumps(body).encode(), reader, writer)
+        finally:
+            self.slow_streaming -= bool(request.slow)
         request.whole = served and not request.fault
         return served
 
@@ -296,4 +301,5 @@ class ModelRequest:
     prompt: str  # the last message of the request: the participant's, with its tag
     started: float
     fault: str = ""
+    slow: float = 0.0  # its token gap (ms) when it was one of the slow replies
     whole: bool = False  # the model sent the whole reply and its end
