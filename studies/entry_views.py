@@ -101,30 +101,37 @@ def resume(request: HttpRequest, slug: str) -> HttpResponse:
         return _closed(request, study, _("Please open this study from your link."))
     error, status = None, 200
     if request.method == "POST":
-        code = request.POST.get("code", "")[:MAX_CODE_CHARS]
-        count = reentry.attempt_count(
-            bucket="code",
-            study_id=study.pk,
-            external_id=participant.external_id,
-            client=_client(request),
-        )
-        if count is None or count > reentry.ATTEMPT_LIMIT:
-            if count == reentry.ATTEMPT_LIMIT + 1:
-                reentry.participant_resume_refused(participant_id=participant.pk, reason="limited")
-            minutes = reentry.ATTEMPT_WINDOW_SECONDS // 60
-            error = _("Too many attempts. Please wait %(minutes)s minutes and try again.") % {
-                "minutes": minutes
-            }
-            status = 429
-        elif reentry.resume_code_matches(participant, code):
-            reentry.participant_rebind(
-                participant_id=participant.pk, how="resume_code", params=held[1]
-            )
-            sessions.session_bind(request, slug, participant.pk)
-            sessions.session_remember_code(request.session, slug, reentry.resume_code_display(code))
-            return redirect(_step_url(participant))
-        else:
-            reentry.participant_resume_refused(participant_id=participant.pk, reason="wrong_code")
-            error = _("That resume code is not right. Please check it and try again.")
-            status = 400
+        outcome = _try_code(request, participant, held[1])
+        if isinstance(outcome, HttpResponse):
+            return outcome
+        error, status = outcome
     return render(request, "studies/resume.html", {"study": study, "error": error}, status=status)
+
+
+def _try_code(
+    request: HttpRequest, participant: Participant, params: dict[str, str]
+) -> HttpResponse | tuple[str, int]:
+    """Bind this browser if the code is theirs and the limit allows; else (message, status)."""
+    slug = participant.study.slug
+    count = reentry.attempt_count(
+        bucket="code",
+        study_id=participant.study_id,
+        external_id=participant.external_id,
+        client=_client(request),
+    )
+    if count is None:
+        return _("Resume codes cannot be checked right now. Please try again in a minute."), 503
+    if count > reentry.ATTEMPT_LIMIT:
+        if count == reentry.ATTEMPT_LIMIT + 1:
+            reentry.participant_resume_refused(participant_id=participant.pk, reason="limited")
+        minutes = reentry.ATTEMPT_WINDOW_SECONDS // 60
+        message = _("Too many attempts. Please wait %(minutes)s minutes and try again.")
+        return message % {"minutes": minutes}, 429
+    code = request.POST.get("code", "")[:MAX_CODE_CHARS]
+    if not reentry.resume_code_matches(participant, code):
+        reentry.participant_resume_refused(participant_id=participant.pk, reason="wrong_code")
+        return _("That resume code is not right. Please check it and try again."), 400
+    reentry.participant_rebind(participant_id=participant.pk, how="resume_code", params=params)
+    sessions.session_bind(request, slug, participant.pk)
+    sessions.session_remember_code(request.session, slug, reentry.resume_code_display(code))
+    return redirect(_step_url(participant))

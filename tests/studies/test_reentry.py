@@ -6,6 +6,7 @@ import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
+from django.db import connections
 from django.test import Client
 
 from studies.models import Event, Participant, Study
@@ -80,24 +81,29 @@ def test_a_second_browser_with_only_the_id_sees_nothing_of_theirs(source):
     assert after == before
 
 
+def stranger_cookie() -> tuple[Participant, str]:
+    """The session cookie of a second browser that arrived with only the Prolific id."""
+    _, participant = owner_in_chat("prolific")
+    cookies = stranger_arrives(participant, "prolific").cookies
+    name = settings.SESSION_COOKIE_NAME
+    return participant, f"{name}={cookies[name].value}"
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_second_browser_with_only_the_id_cannot_open_the_chat_socket():
     from webapp.asgi import application
 
-    _, participant = await sync_to_async(owner_in_chat)("prolific")
-    stranger = await sync_to_async(stranger_arrives)(participant, "prolific")
-    name = settings.SESSION_COOKIE_NAME
-    cookie = f"{name}={stranger.cookies[name].value}"
+    participant, cookie = await sync_to_async(stranger_cookie)()
+    headers = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
     comm = WebsocketCommunicator(
         application,
         f"/ws/s/{participant.study.slug}/chat/",
-        headers=[
-            (b"host", b"testserver"),
-            (b"origin", b"http://testserver"),
-            (b"cookie", cookie.encode()),
-        ],
+        headers=[*headers, (b"cookie", cookie.encode())],
     )
     connected, code = await comm.connect(timeout=10)
+    # The socket's session lookup leaves a connection open on the sync worker thread; close it
+    # so the test database can still be dropped when this is the run's last test.
+    await sync_to_async(connections.close_all)()
     assert not connected and code == 4403
 
 
@@ -248,3 +254,22 @@ def test_no_redirect_after_entry_carries_an_id():
     second = stranger.post(url("resume", participant.study), {"code": code})
     assert first["Location"] == url("resume", participant.study)
     assert second["Location"] == url("chat", participant.study)
+
+
+def test_refusals_at_the_door_are_logged_only_up_to_the_limit():
+    _, participant = owner_in_chat("link")
+    for _ in range(reentry.ATTEMPT_LIMIT + 3):
+        stranger_arrives(participant, "link")
+    refused = Event.objects.filter(participant=participant, kind="study.participant.resume_refused")
+    assert refused.count() == reentry.ATTEMPT_LIMIT
+    assert {e.payload["reason"] for e in refused} == {"no_token"}
+
+
+def test_with_redis_away_a_code_is_refused_rather_than_unlimited(settings):
+    owner, participant = owner_in_chat("link")
+    code = shown_code(owner, participant.study)
+    stranger = stranger_arrives(participant, "link")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    response = stranger.post(url("resume", participant.study), {"code": code})
+    assert response.status_code == 503 and "cannot be checked" in response.content.decode()
+    assert bound(stranger, participant.study) is None
