@@ -302,6 +302,12 @@ class Participant(models.Model):
     attempts = models.JSONField(
         default=list, blank=True, help_text="One entry per arrival: recruiting session id, time."
     )
+    resume_code_hash = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="Keyed hash (HMAC-SHA256) of the resume code; the code itself is not stored.",
+    )
     condition = models.ForeignKey(Condition, null=True, blank=True, on_delete=models.PROTECT)
     document_type = models.CharField(max_length=30, blank=True, choices=Task.DocumentType.choices)
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)

@@ -43,7 +43,7 @@ def check_websocket_origin(app_configs: Any = None, **kwargs: Any) -> list[Check
     return [
         _w(
             f"The websocket route of {settings.ASGI_APPLICATION} does not check the Origin header.",
-            "Wrap it in channels.security.websocket.AllowedHostsOriginValidator (webapp/asgi.py).",
+            "Wrap it in webapp.origins.SiteOriginValidator (webapp/asgi.py).",
             1,
         )
     ]
