@@ -47,6 +47,23 @@ chat_turns_total = Counter(
     ["outcome"],
 )
 
+# A reply's relay keeps going through Redis and PostgreSQL blips; these count what it rode out.
+relay_errors_total = Counter(
+    "collabllm_relay_errors_total",
+    "Failed steps of a running reply's relay, retried with backoff, by step "
+    "(publish, checkpoint, liveness, final_write, hold).",
+    ["step"],
+)
+relay_restarts_total = Counter(
+    "collabllm_relay_restarts_total",
+    "Relay loops of a running reply that crashed and were restarted, by loop.",
+    ["loop"],
+)
+replies_held_total = Counter(
+    "collabllm_replies_held_total",
+    "Finished replies held in Redis because the database refused the final write.",
+)
+
 
 def observe_reply(
     endpoint: str,

@@ -8,7 +8,7 @@ from studies.services import endpoints, housekeeping, reports, turns
 
 @shared_task
 def reap_stale_replies() -> int:
-    """Mark replies whose web process died mid-stream as interrupted (they can be retried)."""
+    """Store replies held in Redis, then mark those whose web process died as interrupted."""
     return len(turns.turn_reap_stale(participant_id=None, running=set()))
 
 

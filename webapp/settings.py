@@ -151,6 +151,11 @@ CHAT_TURNS_PER_MINUTE = env.int("CHAT_TURNS_PER_MINUTE", default=6)
 CHAT_FRAME_INTERVAL = env.float("CHAT_FRAME_INTERVAL", default=0.05)
 CHAT_CHECKPOINT_INTERVAL = env.float("CHAT_CHECKPOINT_INTERVAL", default=1.5)
 CHAT_STALE_STREAM_SECONDS = env.float("CHAT_STALE_STREAM_SECONDS", default=15.0)
+# Replies that survive Redis or PostgreSQL blips (studies.services.turns.turn_reap_stale,
+# studies.services.generation): the reap bound while Redis cannot say which replies are alive,
+# and how long a finished reply waits in Redis for the database to come back.
+CHAT_REAP_WITHOUT_REDIS_SECONDS = env.float("CHAT_REAP_WITHOUT_REDIS_SECONDS", default=300.0)
+CHAT_HOLD_SECONDS = env.int("CHAT_HOLD_SECONDS", default=86400)
 IDLE_THRESHOLD_SECONDS = env.int("IDLE_THRESHOLD_SECONDS", default=60)
 HEARTBEAT_SECONDS = env.int("HEARTBEAT_SECONDS", default=15)
 

@@ -1,10 +1,16 @@
 """Generating a reply: owned by the turn, not by the socket that asked for it.
 
-`generation_start` runs the reply as a task of the web process. Deltas are coalesced into frames
-(at most one per CHAT_FRAME_INTERVAL) and published to the participant's channel-layer group, so a
-socket on any web process can follow. The partial text is checkpointed every
-CHAT_CHECKPOINT_INTERVAL; those frames also carry the whole text so a socket that joined late heals
-any gap. The finished reply is written once.
+`generation_start` runs the reply as a task of the web process. Beside the model stream runs the
+supervised relay (`relay`): deltas coalesced into frames (at most one per CHAT_FRAME_INTERVAL)
+published to the participant's channel-layer group, so a socket on any web process can follow;
+checkpoints of the partial text every CHAT_CHECKPOINT_INTERVAL (those frames also carry the whole
+text so a socket that joined late heals any gap); and a liveness key in Redis that tells the
+reaper this process still owns the reply. Each rides out Redis and PostgreSQL blips.
+
+The finished reply is written once. A database error on that write is retried with backoff
+(FINAL_WRITE_BACKOFF); if the database stays away, the reply is held in Redis (`inflight`) and
+the participant sees a "saving" frame; this process keeps trying (HELD_BACKOFF) with the text in
+memory, and the periodic sweep writes the held copy should this process die first.
 
 Before streaming, the reply takes one of its endpoint's stream slots in Redis (`limits`) on the
 replica with the fewest outstanding streams (`routing`). While none is free the
@@ -23,16 +29,20 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from models_serving import metrics
 from models_serving.client import GenerationResult, ModelCallError, stream_chat
 from models_serving.limits import Lease, StreamSlots
 from models_serving.routing import choose_replica
+from studies.models import Message
 from studies.selectors import GenerationPlan, generation_plan, message_frame
-from studies.services import turns
+from studies.services import inflight, relay, turns
+from studies.services.errors import StudyActionError
+from studies.services.relay import Backoff, publish
+from studies.services.relay import chat_group as chat_group  # the consumer's name for it
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,10 @@ NO_LIMIT = 1_000_000
 # Failures that cannot have produced text the participant saw; worth another replica.
 RETRY_BEFORE_FIRST_TOKEN = frozenset({"unreachable", "server_error", "malformed_stream"})
 BUSY_MESSAGE = "The assistant is busy right now. Please retry in a minute."
-
-
-def chat_group(participant_id: int) -> str:
-    """The channel-layer group every socket of one participant joins."""
-    return f"chat.{participant_id}"
+# The final write is tried this many times, after these waits (~4 s), before the finished reply
+# is held in Redis; then the process keeps trying with HELD_BACKOFF until it is stored.
+FINAL_WRITE_BACKOFF = (0.25, 0.5, 1.0, 2.0)
+HELD_BACKOFF = (1.0, 30.0)
 
 
 @dataclass
@@ -60,6 +69,7 @@ class RunningReply:
     task: asyncio.Task | None = field(default=None, repr=False)
     replica: str = ""  # the base URL streaming (or last tried)
     abandoned: bool = False  # cancelled because the participant left or the study closed
+    finished: bool = False  # the model is done; the text is kept until the final write lands
 
 
 _running: dict[int, RunningReply] = {}
@@ -88,52 +98,30 @@ def generation_start(
     return reply
 
 
-async def _publish(participant_id: int, frame: dict) -> None:
-    await get_channel_layer().group_send(
-        chat_group(participant_id), {"type": "chat.frame", **frame}
-    )
-
-
-async def _relay(reply: RunningReply, wake: asyncio.Event) -> None:
-    """Publish new text at most once per frame interval; checkpoint it every few seconds.
-
-    The first delta goes out at once (leading edge); text that arrives just after a frame waits
-    at most one interval. The checkpoint also runs while no text arrives (a slow first token), so
-    the row's updated_at shows other processes that this reply is alive.
-    """
-    sent, last_checkpoint = 0, time.monotonic()
-    interval = settings.CHAT_CHECKPOINT_INTERVAL
-    while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):  # no extra task per frame, unlike wait_for
-                await wake.wait()
-        due = time.monotonic() - last_checkpoint >= interval
-        if wake.is_set():
-            wake.clear()
-            frame = {"frame": "delta", "id": reply.message_id, "start": sent}
-            frame["delta"], sent = reply.text[sent:], len(reply.text)
-            if due:
-                frame["full"] = reply.text[:sent]
-            await _publish(reply.participant_id, frame)
-        if due:
-            last_checkpoint = time.monotonic()
-            live = await database_sync_to_async(turns.turn_checkpoint)(
-                message_id=reply.message_id, text=reply.text[:sent]
-            )
-            if not live and reply.task is not None:
-                reply.abandoned = True
-                reply.task.cancel()
-                return
-        await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
-
-
 class _Busy(Exception):
     """No stream slot came free before BUSY_DEADLINE."""
 
 
+def _abandon(reply: RunningReply) -> None:
+    """Cancel the reply: its participant left for good or its study closed."""
+    if reply.task is not None:
+        reply.abandoned = True
+        reply.task.cancel()
+
+
+def _start_relay(reply: RunningReply, wake: asyncio.Event) -> list[asyncio.Task]:
+    """The relay's loops, each supervised: frames, checkpoints, liveness (in that order)."""
+    loops = {
+        "frames": lambda: relay.frames(reply, wake),
+        "checkpoints": lambda: relay.checkpoints(reply, lambda: _abandon(reply)),
+        "liveness": lambda: relay.liveness(reply),
+    }
+    return [asyncio.create_task(relay.supervise(name, reply, loop)) for name, loop in loops.items()]
+
+
 async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
     wake = asyncio.Event()
-    relay = asyncio.create_task(_relay(reply, wake))
+    frames, checkpoints, alive = _start_relay(reply, wake)
     endpoint = plan.endpoint if plan is not None else "unknown"
     try:
         if plan is None:
@@ -142,7 +130,9 @@ async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
         async with _stream_slots() as slots:
             with metrics.stream_in_flight(endpoint):
                 result = await _stream(reply, plan, slots, wake)
-        relay.cancel()
+        reply.finished = True
+        frames.cancel()
+        checkpoints.cancel()
         await _finish(reply, result)
         metrics.observe_reply(
             endpoint,
@@ -158,15 +148,20 @@ async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
         await _fail(reply, exc.kind, exc.detail, exc.user_message())
         metrics.observe_reply(endpoint, exc.kind)
     except asyncio.CancelledError:
-        await asyncio.shield(_interrupted(reply))
-        metrics.observe_reply(endpoint, "interrupted")
+        # A finished reply cancelled while its final write waits (a process shutting down) is
+        # left streaming: its copy held in Redis is stored by the next sweep.
+        if not reply.finished:
+            await asyncio.shield(_interrupted(reply))
+            metrics.observe_reply(endpoint, "interrupted")
         raise
     except Exception as exc:  # a bug must still end the turn visibly, never leave it streaming
         log.exception("reply %s failed", reply.message_id)
         await _fail(reply, "internal", repr(exc), "Something went wrong on our side.")
         metrics.observe_reply(endpoint, "internal")
     finally:
-        relay.cancel()
+        for task in (frames, checkpoints, alive):
+            task.cancel()
+        await asyncio.shield(relay.liveness_clear(reply.message_id))
 
 
 _slots: dict[asyncio.AbstractEventLoop, list] = {}
@@ -238,7 +233,7 @@ async def _acquire(
                 raise _Busy(f"no free stream slot on {plan.endpoint} within {BUSY_DEADLINE:.0f} s")
             if announce:  # once, and again after each quiet wait: not on every lost race
                 frame = {"frame": "busy", "id": reply.message_id, "retry_in": wait}
-                await _publish(reply.participant_id, frame)
+                await publish(reply.participant_id, frame)
             announce = not await freed(min(wait, left))
             if announce:  # no release: back off (slots freed only by expiry publish nothing)
                 wait = min(wait * 2, BUSY_BACKOFF[1])
@@ -282,39 +277,119 @@ async def _stream_from(
 
 
 async def _finish(reply: RunningReply, result: GenerationResult) -> None:
-    outcome = await database_sync_to_async(turns.turn_complete)(
-        message_id=reply.message_id,
-        text=result.text,
-        model=result.model,
-        finish_reason=result.finish_reason,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        time_to_first_token=result.time_to_first_token,
-        duration=result.duration,
-        usage_source=result.usage_source,
-        inter_token_latency=result.inter_token_latency,
-        endpoint_url=reply.replica,
-    )
-    await _publish(
-        reply.participant_id,
-        {
-            "frame": "complete",
-            "message": message_frame(outcome.message),
-            "completed_turns": outcome.completed_turns,
-            "rating_due": outcome.rating_due_after,
-        },
-    )
+    """Store the finished reply, however long the database takes, and tell the participant."""
+    fields = {
+        "message_id": reply.message_id,
+        "text": result.text,
+        "model": result.model,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "time_to_first_token": result.time_to_first_token,
+        "duration": result.duration,
+        "usage_source": result.usage_source,
+        "inter_token_latency": result.inter_token_latency,
+        "endpoint_url": reply.replica,
+    }
+    frame = await _write_final(reply, fields)
+    if frame is not None:
+        await publish(reply.participant_id, {"frame": "complete", **frame})
+
+
+async def _store(fields: dict, *, held: bool = False) -> dict | None:
+    """One try of the final write: the complete frame's fields, or None for a superseded reply.
+
+    Raises DatabaseError when the database refused; a reply already stored (by the sweep that
+    drains held replies) counts as stored.
+    """
+    try:
+        outcome = await database_sync_to_async(turns.turn_complete)(**fields, held=held)
+    except StudyActionError as exc:
+        if exc.code != "already_complete":
+            raise
+        message = await Message.objects.aget(pk=fields["message_id"])
+        return {"message": message_frame(message)}
+    if outcome.superseded:
+        log.info("reply %s finished after a retry replaced it; text kept", fields["message_id"])
+        return None
+    return {
+        "message": message_frame(outcome.message),
+        "completed_turns": outcome.completed_turns,
+        "rating_due": outcome.rating_due_after,
+    }
+
+
+async def _write_final(reply: RunningReply, fields: dict) -> dict | None:
+    """Retry the final write with backoff; then hold the reply in Redis and keep trying.
+
+    The text stays in this process (RunningReply.text, `fields`) until a write is confirmed, and
+    the liveness key keeps being renewed, so the reaper leaves the row alone meanwhile.
+    """
+    for wait in (*FINAL_WRITE_BACKOFF, None):
+        try:
+            return await _store(fields)
+        except DatabaseError:
+            metrics.relay_errors_total.labels("final_write").inc()
+            log.warning("final write of reply %s failed", reply.message_id, exc_info=True)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+    held = await _hold(reply, fields)
+    backoff = Backoff(*HELD_BACKOFF)
+    while True:
+        await asyncio.sleep(backoff.failed())
+        held = held or await _hold(reply, fields, announce=False)
+        try:
+            frame = await _store(fields, held=True)
+        except DatabaseError:
+            metrics.relay_errors_total.labels("final_write").inc()
+            log.warning("held reply %s still not stored", reply.message_id, exc_info=True)
+            continue
+        with contextlib.suppress(RedisError):
+            await asyncio.to_thread(inflight.held_drop, reply.message_id)
+        return frame
+
+
+async def _hold(reply: RunningReply, fields: dict, *, announce: bool = True) -> bool:
+    """Hold the finished reply in Redis for whichever process reaches the database first."""
+    held = True
+    try:
+        record = {**fields, "participant_id": reply.participant_id}
+        await asyncio.to_thread(inflight.held_put, reply.message_id, record)
+        metrics.replies_held_total.inc()
+    except RedisError:
+        metrics.relay_errors_total.labels("hold").inc()
+        log.warning("could not hold reply %s in Redis", reply.message_id, exc_info=True)
+        held = False
+    if announce:
+        frame = {"frame": "saving", "id": reply.message_id, "text": fields["text"]}
+        await publish(reply.participant_id, frame)
+    return held
+
+
+async def _end(**fields: object) -> None:
+    """turn_fail, retried like the final write; if the database stays away, the reaper ends it."""
+    for wait in (*FINAL_WRITE_BACKOFF, None):
+        try:
+            await database_sync_to_async(turns.turn_fail)(**fields)
+            return
+        except DatabaseError:
+            metrics.relay_errors_total.labels("final_write").inc()
+            log.warning("could not end reply %s", fields["message_id"], exc_info=True)
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
 
 
 async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) -> None:
-    await database_sync_to_async(turns.turn_fail)(
+    await _end(
         message_id=reply.message_id,
         text=reply.text,
         kind=kind,
         detail=detail,
         endpoint_url=reply.replica,
     )
-    await _publish(
+    await publish(
         reply.participant_id,
         {
             "frame": "failed",
@@ -327,7 +402,7 @@ async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) 
 
 
 async def _interrupted(reply: RunningReply) -> None:
-    await database_sync_to_async(turns.turn_fail)(
+    await _end(
         message_id=reply.message_id,
         text=reply.text,
         kind="abandoned" if reply.abandoned else "interrupted",
@@ -337,7 +412,7 @@ async def _interrupted(reply: RunningReply) -> None:
         interrupted=True,
         endpoint_url=reply.replica,
     )
-    await _publish(
+    await publish(
         reply.participant_id,
         {
             "frame": "failed",

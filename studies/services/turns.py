@@ -5,26 +5,34 @@ A turn is one user message and its assistant reply. `turn_start` writes both row
 text is then checkpointed every ~1-2 s and written once more on completion. No write per token.
 """
 
+import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, Max, Q
+from django.db import DatabaseError, transaction
+from django.db.models import Count, Exists, Max, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from redis.exceptions import RedisError
 
 from models_serving.prompts import load_prompt
 from studies.models import Message, Participant, Study, TurnRating
+from studies.services import inflight
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.versions import arm_settings, frozen_study
 
+log = logging.getLogger(__name__)
 P = Participant.Status
 M = Message.Status
 RETRYABLE = {M.FAILED, M.INTERRUPTED}
+# error_kind of a reply the reaper interrupted: its process looked dead, but if it was only
+# unreachable it may still finish, and then the reply is stored (turn_complete).
+REAPED = "stale"
 # A reply streaming for a participant who left for good, or in a closed study, is cancelled.
 GONE = {P.ABANDONED, P.RETURNED, P.TIMED_OUT, P.EXCLUDED}
 
@@ -182,14 +190,27 @@ def turn_retry(*, participant_id: int, message_id: int) -> Message:
     return reply
 
 
+def _later_attempt() -> Exists:
+    return Exists(
+        Message.objects.filter(
+            participant=OuterRef("participant"),
+            role=Message.Role.ASSISTANT,
+            turn_index=OuterRef("turn_index"),
+            attempt__gt=OuterRef("attempt"),
+        )
+    )
+
+
 def turn_checkpoint(*, message_id: int, text: str) -> bool:
     """Save the partial reply so far (one UPDATE, no event); False if it should stop.
 
     The filter doubles as the abandonment check: the UPDATE touches no row when the reply is no
-    longer streaming, its participant has left for good, or its study was closed.
+    longer streaming, its participant has left for good, or its study was closed. A reply the
+    reaper wrongly took for dead keeps going (and keeps its text) until a retry replaces it.
     """
+    reaped = Q(status=M.INTERRUPTED, error_kind=REAPED) & ~_later_attempt()
     live = (
-        Message.objects.filter(pk=message_id, status=M.STREAMING)
+        Message.objects.filter(Q(status=M.STREAMING) | reaped, pk=message_id)
         .exclude(participant__status__in=GONE)
         .exclude(participant__study__status=Study.Status.CLOSED)
     )
@@ -201,6 +222,7 @@ class TurnOutcome:
     message: Message
     rating_due_after: int | None
     completed_turns: int
+    superseded: bool = False  # a late reply kept on its reaped row; a retry replaced it
 
 
 def turn_complete(
@@ -216,19 +238,38 @@ def turn_complete(
     usage_source: str = "stream",
     inter_token_latency: float | None = None,
     endpoint_url: str = "",
+    held: bool = False,
 ) -> TurnOutcome:
-    """Store the finished reply once and open the rating checkpoint when the schedule says so."""
+    """Store the finished reply once and open the rating checkpoint when the schedule says so.
+
+    `held` says the reply waited in Redis for the database (recorded in the event).
+
+    A reply the reaper interrupted while its process still lived is completed all the same when
+    no retry has replaced it; when one has, its text is kept on the interrupted row. Completing a
+    complete reply raises `already_complete` (held replies may be written twice: stored once).
+    """
     now = timezone.now()
     with transaction.atomic():
         # Lock order everywhere: participant, then message.
         participant = _lock(
             Message.objects.values_list("participant_id", flat=True).get(pk=message_id)
         )
-        message = Message.objects.select_for_update().get(pk=message_id)
-        if message.status != M.STREAMING:
+        message = (
+            Message.objects.select_for_update(of=("self",))
+            .annotate(superseded=_later_attempt())
+            .get(pk=message_id)
+        )
+        reaped = message.status == M.INTERRUPTED and message.error_kind == REAPED
+        if message.status == M.COMPLETE:
+            raise StudyActionError("already_complete", _("This reply is already saved."))
+        if message.status != M.STREAMING and not reaped:
             raise StudyActionError("not_streaming", _("This reply is no longer in progress."))
+        if reaped and message.superseded:
+            return _keep_late_reply(participant, message, text)
         message.content = text
         message.status = M.COMPLETE
+        if reaped:
+            message.error_kind = message.error_detail = ""
         message.model = model or message.model
         message.finish_reason = finish_reason or ""
         message.prompt_tokens = prompt_tokens
@@ -252,9 +293,29 @@ def turn_complete(
             study_id=participant.study_id,
             participant_id=participant.pk,
             kind="study.turn.completed",
-            payload={"turn": message.turn_index, "reply": message.pk, "rating_due": rating_due},
+            payload={
+                "turn": message.turn_index,
+                "reply": message.pk,
+                "rating_due": rating_due,
+                **({"after_reaped": True} if reaped else {}),
+                **({"held": True} if held else {}),
+            },
         )
     return TurnOutcome(message, rating_due, done)
+
+
+def _keep_late_reply(participant: Participant, message: Message, text: str) -> TurnOutcome:
+    """Keep the text of a reaped reply that finished after a retry replaced it."""
+    message.content = text
+    message.save(update_fields=["content", "updated_at"])
+    event_record(
+        study_id=participant.study_id,
+        participant_id=participant.pk,
+        kind="study.turn.late_reply_kept",
+        payload={"turn": message.turn_index, "reply": message.pk},
+    )
+    done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+    return TurnOutcome(message, None, done, superseded=True)
 
 
 def turn_fail(
@@ -300,27 +361,79 @@ def turn_fail(
 
 
 def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[int]:
-    """Mark streaming replies interrupted when no live process has touched them recently.
+    """Mark streaming replies interrupted when no live process is generating them.
 
-    A live reply is checkpointed every CHAT_CHECKPOINT_INTERVAL even before its first token, so
-    an updated_at older than CHAT_STALE_STREAM_SECONDS means the process generating it is gone.
+    Held replies (finished, waiting for the database) are stored first. Then a streaming reply
+    is reaped when all of these hold: this process is not generating it (`running`); its row was
+    not checkpointed for CHAT_STALE_STREAM_SECONDS; no finished copy is held in Redis; and its
+    liveness key in Redis has lapsed. The generating process renews that key every third of its
+    TTL (CHAT_STALE_STREAM_SECONDS) whatever happens to its database checkpoints, so a reply
+    whose checkpoints fail during a database blip is not reaped while its process lives, and one
+    whose process died is reaped within about two TTLs. When Redis cannot be asked, only rows
+    untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound) are reaped.
     """
-    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS)
-    stale = Message.objects.filter(status=M.STREAMING, updated_at__lt=cutoff).exclude(
-        pk__in=running
-    )
+    turn_store_held(participant_id=participant_id)
+    now = timezone.now()
+    stale = Message.objects.filter(
+        status=M.STREAMING,
+        updated_at__lt=now - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS),
+    ).exclude(pk__in=running)
     if participant_id is not None:
         stale = stale.filter(participant_id=participant_id)
-    ids = list(stale.values_list("pk", flat=True))
+    rows = list(stale.values_list("pk", "updated_at"))
+    if not rows:  # the usual case: no round trip to Redis on the database thread
+        return []
+    try:
+        keep = inflight.alive_among([pk for pk, _ in rows]) | set(inflight.held_ids())
+    except RedisError:
+        log.warning("reaper: Redis unreachable, reaping only long-silent replies", exc_info=True)
+        cutoff = now - timedelta(seconds=settings.CHAT_REAP_WITHOUT_REDIS_SECONDS)
+        keep = {pk for pk, updated in rows if updated >= cutoff}
+    ids = [pk for pk, _ in rows if pk not in keep]
     for pk in ids:
         turn_fail(
             message_id=pk,
             text=None,
-            kind="interrupted",
+            kind=REAPED,
             detail="The server handling this reply stopped before it finished.",
             interrupted=True,
         )
     return ids
+
+
+def turn_store_held(*, participant_id: int | None = None) -> list[int]:
+    """Write finished replies held in Redis while the database was away (idempotent).
+
+    A reply stored twice is stored once: the second write finds it complete and only drops the
+    hold. Returns the ids written now. Redis or the database being away leaves the holds for the
+    next sweep.
+    """
+    stored = []
+    try:
+        held = [(pk, inflight.held_get(pk)) for pk in inflight.held_ids()]
+    except RedisError:
+        log.warning("could not read held replies from Redis", exc_info=True)
+        return []
+    for pk, record in held:
+        if record is None or (
+            participant_id is not None and record["participant_id"] != participant_id
+        ):
+            continue
+        fields = {k: v for k, v in record.items() if k != "participant_id"}
+        try:
+            turn_complete(**fields, held=True)
+            stored.append(pk)
+        except StudyActionError as exc:
+            log.info("held reply %s not stored again: %s", pk, exc.code)
+        except Message.DoesNotExist:
+            log.error("held reply %s has no row; keeping it in Redis", pk)
+            continue
+        except DatabaseError:
+            log.warning("database still away; held replies kept for the next sweep", exc_info=True)
+            break
+        with contextlib.suppress(RedisError):  # a hold left behind is dropped by the next sweep
+            inflight.held_drop(pk)
+    return stored
 
 
 def rating_record(*, participant_id: int, after_turn: int, score: int) -> TurnRating:

@@ -78,6 +78,7 @@
     else b.body.textContent = b.text;
     b.el.querySelectorAll(".failure").forEach((n) => n.remove());
     if (m.status === "failed" || m.status === "interrupted") showFailure(b, m);
+    if (m.status !== "streaming" && root.dataset.saving === String(m.id)) saved();
     return b;
   }
 
@@ -160,6 +161,11 @@
     }
   }
 
+  function saved() {
+    delete root.dataset.saving;
+    say(connection, gettext("Connected."));
+  }
+
   let last = {};
   function handle(f) {
     lastFrame = Date.now();
@@ -195,6 +201,14 @@
         p.textContent = notice;
         announcer.append(p);
       }
+    } else if (f.type === "saving") {
+      // The reply is finished but not yet stored (the database is away): the server keeps it
+      // and stores it as soon as it can; the text stays on screen meanwhile.
+      const b = bubble({ id: f.id, role: "assistant", status: "streaming" });
+      b.text = f.text;
+      b.body.textContent = b.text;
+      root.dataset.saving = String(f.id);
+      say(connection, gettext("Saving the reply… it is kept and will be stored in a moment."));
     } else if (f.type === "complete") {
       render(f.message);
       announce(f.message.id, f.message.text, true);

@@ -1,0 +1,111 @@
+"""Replies in flight as Redis sees them: liveness keys and finished replies held for the database.
+
+A process generating a reply renews `alive:<message id>` (a short TTL) on its own schedule,
+independent of the database checkpoint, so the reaper can tell a live reply whose checkpoints
+fail from one whose process is gone. A finished reply whose final write found the database away
+is held under `held:<message id>` (a long TTL) and listed in `held:index` until someone (its own
+process, the periodic sweep, or a socket connect) writes it.
+
+Plain, synchronous redis-py: the reaper runs in Celery and on the database thread; the relay calls
+these through `asyncio.to_thread`. Every function raises RedisError when Redis is away; callers
+decide what that means.
+"""
+
+import json
+import os
+import socket
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from redis import Redis
+
+KEY_PREFIX = "collabllm:replies"
+# Redis calls here are tiny; waiting longer than this for one means Redis is away. Short, since
+# the reaper asks from the database thread of a web process (on socket connect).
+REDIS_TIMEOUT = 0.5
+
+
+@cache
+def _client(url: str) -> Redis:
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+    )
+
+
+def _redis() -> Redis:
+    return _client(settings.REDIS_URL)
+
+
+def _alive_key(message_id: int) -> str:
+    return f"{KEY_PREFIX}:alive:{message_id}"
+
+
+def _held_key(message_id: int) -> str:
+    return f"{KEY_PREFIX}:held:{message_id}"
+
+
+def _index_key() -> str:
+    return f"{KEY_PREFIX}:held:index"
+
+
+def alive_ttl() -> float:
+    """Seconds a liveness key outlives its last renewal (renewed every third of that)."""
+    return float(settings.CHAT_STALE_STREAM_SECONDS)
+
+
+def alive_mark(message_id: int) -> None:
+    """Say that this process is still generating (or holding) the reply."""
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    _redis().set(_alive_key(message_id), owner, px=int(alive_ttl() * 1000))
+
+
+def alive_clear(message_id: int) -> None:
+    """Drop the liveness key once the reply is written or ended."""
+    _redis().delete(_alive_key(message_id))
+
+
+def alive_among(message_ids: list[int]) -> set[int]:
+    """The replies among these whose process renewed its liveness key recently."""
+    if not message_ids:
+        return set()
+    values = _redis().mget([_alive_key(pk) for pk in message_ids])
+    return {pk for pk, value in zip(message_ids, values, strict=True) if value is not None}
+
+
+def held_put(message_id: int, record: dict[str, Any]) -> None:
+    """Hold a finished reply (turn_complete's keyword arguments) until the database takes it."""
+    with _redis().pipeline(transaction=True) as pipe:
+        pipe.set(_held_key(message_id), json.dumps(record), ex=int(settings.CHAT_HOLD_SECONDS))
+        pipe.sadd(_index_key(), message_id)
+        pipe.execute()
+
+
+def held_get(message_id: int) -> dict[str, Any] | None:
+    """The held reply, if one is held and has not expired."""
+    raw = _redis().get(_held_key(message_id))
+    return json.loads(raw) if raw is not None else None
+
+
+def held_ids() -> list[int]:
+    """Ids of every held reply (expired entries are pruned from the index)."""
+    redis = _redis()
+    ids = sorted(int(pk) for pk in redis.smembers(_index_key()))
+    if not ids:
+        return []
+    present = redis.mget([_held_key(pk) for pk in ids])
+    gone = [pk for pk, raw in zip(ids, present, strict=True) if raw is None]
+    if gone:
+        redis.srem(_index_key(), *gone)
+    return [pk for pk in ids if pk not in gone]
+
+
+def held_drop(message_id: int) -> None:
+    """Forget a held reply once it is stored."""
+    with _redis().pipeline(transaction=True) as pipe:
+        pipe.delete(_held_key(message_id))
+        pipe.srem(_index_key(), message_id)
+        pipe.execute()
