@@ -484,8 +484,8 @@ class ParticipantAdmin(admin.ModelAdmin):
                 )
             parts.append(
                 format_html(
-                    '<div style="margin:.4em 0"><b>#{} {}</b> <small>{} {}</small>'
-                    '<pre style="white-space:pre-wrap">{}</pre></div>',
+                    '<div class="transcript-turn"><b>#{} {}</b> <small>{} {}</small>'
+                    "<pre>{}</pre></div>",
                     m.turn_index,
                     m.role,
                     m.created_at.strftime("%H:%M:%S"),
@@ -512,7 +512,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         if survey is None:
             return "-"
         return format_html(
-            "<p>Document quality {}/10, overall {}/10</p><pre style='white-space:pre-wrap'>{}</pre>"
+            "<p>Document quality {}/10, overall {}/10</p><pre class='wrap'>{}</pre>"
             "<p><b>Strengths</b> {}</p><p><b>Weaknesses</b> {}</p>",
             survey.document_quality,
             survey.overall_interaction,

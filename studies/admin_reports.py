@@ -5,6 +5,7 @@ the zipped exports. All of it is participant data: only staff who may view parti
 from functools import partial
 from pathlib import Path
 
+from csp.decorators import csp_replace, csp_update
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -150,6 +151,9 @@ def _run(request: HttpRequest, study_id: int, run_id: int, model_admin) -> Repor
 
 @require_GET
 @xframe_options_sameorigin
+# The generated report is framed (sandboxed, no scripts) by the report page and styles itself.
+@csp_replace({"frame-ancestors": ["'self'"]})
+@csp_update({"style-src": ["'unsafe-inline'"]})
 def report_file(
     request: HttpRequest, study_id: int, run_id: int, name: str, *, model_admin
 ) -> FileResponse:
