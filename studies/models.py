@@ -7,6 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from studies.validators import validate_api_key_env
+
 
 def _completion_code() -> str:
     return secrets.token_hex(4).upper()
@@ -153,7 +155,11 @@ class ModelEndpoint(models.Model):
     base_url = models.URLField(help_text="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     served_model = models.CharField(max_length=200)
     api_key_env = models.CharField(
-        max_length=100, blank=True, help_text="Name of the environment variable holding the key."
+        max_length=100,
+        blank=True,
+        validators=[validate_api_key_env],
+        help_text="Name of the environment variable holding the key: MODEL_API_KEY_... or one "
+        "listed in MODEL_API_KEY_ENV_ALLOWED.",
     )
     connect_timeout = models.FloatField(default=5.0)
     read_timeout = models.FloatField(default=60.0)
