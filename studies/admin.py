@@ -11,7 +11,16 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from studies import admin_reports, tasks
-from studies.models import Condition, Event, ModelEndpoint, Participant, Study, StudyVersion, Task
+from studies.models import (
+    Condition,
+    ErasureRecord,
+    Event,
+    ModelEndpoint,
+    Participant,
+    Study,
+    StudyVersion,
+    Task,
+)
 from studies.services import assignment, exclusions, lifecycle, outcomes, reports, versions
 from studies.services.endpoints import TrafficSummary, endpoint_traffic, endpoints_with_traffic
 from studies.services.errors import StudyActionError
@@ -156,6 +165,15 @@ class StudyAdmin(admin.ModelAdmin):
 
     def has_export_permission(self, request) -> bool:
         return admin_reports.may_export(self, request)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Only a draft nobody entered; never in bulk (participants' studies are PROTECTed too).
+        return (
+            obj is not None
+            and obj.status == Study.Status.DRAFT
+            and not obj.participants.exists()
+            and super().has_delete_permission(request, obj)
+        )
 
     @admin.action(description="Export data (download a zip; small studies)", permissions=["export"])
     def export_data(self, request, queryset):
@@ -459,6 +477,12 @@ class ParticipantAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("study", "condition", "task")
 
+    def has_add_permission(self, request) -> bool:
+        return False  # participants enter through the study link
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # erase_participant is the one way, and it records who and why
+
     @admin.display(description="wall time (s)")
     def wall_time(self, obj: Participant) -> str:
         return f"{obj.wall_seconds:.0f}" if obj.wall_seconds is not None else "-"
@@ -520,3 +544,22 @@ class ParticipantAdmin(admin.ModelAdmin):
             survey.strengths,
             survey.weaknesses,
         )
+
+
+@admin.register(ErasureRecord)
+class ErasureRecordAdmin(admin.ModelAdmin):
+    """Erasures made by `manage.py erase_participant`: read-only."""
+
+    list_display = ["created_at", "study_slug", "participant_pseudonym", "requested_by", "reason"]
+    list_filter = ["study_slug"]
+    fields = ["created_at", *list_display[1:], "erased_rows"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

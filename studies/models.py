@@ -390,7 +390,7 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
         FAILED = "failed"
 
-    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="messages")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="messages")
     turn_index = models.PositiveSmallIntegerField(help_text="1-based turn this message belongs to.")
     role = models.CharField(max_length=10, choices=Role.choices)
     attempt = models.PositiveSmallIntegerField(default=1)
@@ -450,7 +450,7 @@ class Message(models.Model):
 
 
 class TurnRating(models.Model):
-    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="ratings")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="ratings")
     after_turn = models.PositiveSmallIntegerField()
     score = models.PositiveSmallIntegerField(
         validators=[MinValueValidator(1), MaxValueValidator(10)]
@@ -475,7 +475,7 @@ class TurnRating(models.Model):
 
 class FinalSurvey(models.Model):
     participant = models.OneToOneField(
-        Participant, on_delete=models.CASCADE, related_name="final_survey"
+        Participant, on_delete=models.PROTECT, related_name="final_survey"
     )
     document_text = models.TextField()
     document_quality = models.PositiveSmallIntegerField()
@@ -503,7 +503,7 @@ class FinalSurvey(models.Model):
 
 class IntentAnswer(models.Model):
     participant = models.ForeignKey(
-        Participant, on_delete=models.CASCADE, related_name="intent_answers"
+        Participant, on_delete=models.PROTECT, related_name="intent_answers"
     )
     question_index = models.PositiveSmallIntegerField()
     question = models.TextField()
@@ -527,7 +527,7 @@ class Event(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="events")
     participant = models.ForeignKey(
-        Participant, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+        Participant, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
     )
     kind = models.CharField(max_length=60)
     payload = models.JSONField(default=dict, blank=True)
@@ -574,3 +574,27 @@ class ReportRun(models.Model):
 
     def __str__(self) -> str:
         return f"report {self.pk} of {self.study_id} ({self.status})"
+
+
+class ErasureRecord(models.Model):
+    """Who erased a participant, when and why (a data-subject request); outlives study and rows."""
+
+    study_slug = models.SlugField()
+    participant_pseudonym = models.CharField(
+        max_length=40, help_text="Keyed hash of the recruiting id, as in exports."
+    )
+    requested_by = models.CharField(max_length=150)
+    reason = models.TextField()
+    erased_rows = models.JSONField(default=dict, help_text="Rows deleted, by table.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(requested_by="") & ~Q(reason=""), name="erasure_says_who_and_why"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study_slug}/{self.participant_pseudonym} erased by {self.requested_by}"

@@ -69,6 +69,15 @@ class TrainingRunAdmin(admin.ModelAdmin):
         obj.created_by = obj.created_by or request.user.get_username()
         super().save_model(request, obj, form, change)
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # A run that never started; its stages and checkpoints are PROTECTed records.
+        return (
+            obj is not None
+            and not obj.stage_rows.exists()
+            and not obj.checkpoints.exists()
+            and super().has_delete_permission(request, obj)
+        )
+
     @admin.action(description="Start the selected runs", permissions=["change"])
     def start_runs(self, request: HttpRequest, queryset) -> None:
         for run in queryset:
@@ -178,6 +187,9 @@ class CheckpointAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # checkpoints come from runs
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # a trained adapter's record stays, like the run that made it
 
     @admin.display(description="Study arm")
     def add_link(self, checkpoint: Checkpoint) -> str:
