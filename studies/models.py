@@ -112,6 +112,13 @@ class Study(models.Model):
 
     class Meta:
         verbose_name_plural = "studies"
+        # Researcher roles (groups made by migration 0006) are built from these and the model
+        # permissions; README "Running a study" lists who gets what.
+        permissions = [
+            ("view_transcripts", "Can read transcripts, intent answers and final documents"),
+            ("run_study", "Can run a study: go live, pause, resume, close, exclude, pilot"),
+            ("export_study", "Can export a study's data and build its analysis report"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(max_turns__isnull=True) | Q(max_turns__gte=models.F("min_turns")),

@@ -146,6 +146,9 @@ class TrainingRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [
+            ("run_training", "Can start runs, retry stages and add a checkpoint to a study"),
+        ]
 
     def __str__(self) -> str:
         return self.name

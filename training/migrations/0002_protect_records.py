@@ -10,6 +10,10 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AlterModelOptions(
+            name='trainingrun',
+            options={'ordering': ['-created_at', '-id'], 'permissions': [('run_training', 'Can start runs, retry stages and add a checkpoint to a study')]},
+        ),
         migrations.AlterField(
             model_name='checkpoint',
             name='endpoint',
