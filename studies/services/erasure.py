@@ -12,16 +12,20 @@ class ErasureError(ValueError):
 
 
 def participant_find(*, study_slug: str, ident: str) -> Participant:
-    """The study's participant by recruiting id (as stored), else by primary key."""
+    """The study's participant by recruiting id (stored or as the platform gave it), else by pk."""
     study = Study.objects.filter(slug=study_slug).first()
     if study is None:
         raise ErasureError(f"no study with slug {study_slug!r}")
-    found = Participant.objects.filter(study=study, external_id=ident).first()
-    if found is None and ident.isdigit():
-        found = Participant.objects.filter(study=study, pk=int(ident)).first()
-    if found is None:
+    # Ids are stored as "<source>:<id>"; a request usually quotes the platform's id alone.
+    forms = [ident, *(f"{source}:{ident}" for source in Study.Source.values)]
+    matches = list(Participant.objects.filter(study=study, external_id__in=forms)[:2])
+    if len(matches) > 1:
+        raise ErasureError(f"{study_slug}: {ident!r} matches more than one; give the stored id")
+    if not matches and ident.isdigit():
+        matches = list(Participant.objects.filter(study=study, pk=int(ident)))
+    if not matches:
         raise ErasureError(f"{study_slug}: no participant with recruiting id or id {ident!r}")
-    return found
+    return matches[0]
 
 
 @transaction.atomic

@@ -95,6 +95,13 @@ def test_erase_participant_deletes_their_rows_and_records_who_when_and_why(chatt
     assert IntentAnswer.objects.filter(participant=other).count() == 2
 
 
+def test_erase_participant_finds_a_participant_by_the_platforms_id_alone(chatted, study):
+    call_command(
+        "erase_participant", study.slug, "ABC123", "--requested-by", "dpo", "--reason", "r"
+    )
+    assert not Participant.objects.filter(pk=chatted.pk).exists()
+
+
 def test_erase_participant_finds_a_participant_by_id(chatted, study):
     call_command(
         "erase_participant", study.slug, str(chatted.pk), "--requested-by", "dpo", "--reason", "r"
