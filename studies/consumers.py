@@ -53,7 +53,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         # Every frame, readable or not, takes a token before any work: a flood costs O(1) a frame
         # and touches neither the database nor the log.
-        if self.closed_for_abuse:
+        if self.closed_for_abuse or not hasattr(self, "limiter"):  # closed, or refused at connect
             return
         content, error = _parse(text_data)
         verdict = self.limiter.check(content["type"] if content else "invalid")
