@@ -71,7 +71,23 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/collabllm"),
 }
+# --- Database connections ---
+# Under ASGI, Django runs each HTTP request's ORM work on a thread of its own, so a persistent
+# connection (CONN_MAX_AGE > 0) is never reused by the next request and stays open until garbage
+# collection (benchmarks/README.md "Database connections"). Connections are reused through
+# psycopg's pool instead (DATABASE_POOL, CONN_MAX_AGE 0): closing hands a connection back to the
+# pool from whichever thread used it, channels' database_sync_to_async included, and
+# CONN_HEALTH_CHECKS has the pool test a connection before lending it (after a PostgreSQL restart
+# the first query does not fail). Celery's Django fixup closes connections around every task and,
+# in prefork workers, the pool too, so workers open a connection per task either way.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
+if env.bool("DATABASE_POOL", default=False):
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
