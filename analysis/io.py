@@ -4,7 +4,8 @@ analysis/schema.py, plus `data_dictionary.md` and an optional `manifest.json`.
 Columns come back with the schema's types whichever format was written: strings as pandas `str`,
 ints as nullable `Int64`, floats (and every `rating_turn_<k>`) as float64, bools as nullable
 `boolean`, datetimes as UTC, JSON columns as text. Empty cells and empty strings are missing
-values in both formats.
+values in both formats. The apostrophe a platform CSV export puts before formula-like text
+(analysis.schema.csv_guard) is taken off again, so CSV and Parquet load the same values.
 """
 
 import json
@@ -16,11 +17,14 @@ from typing import Any
 import pandas as pd
 
 from analysis.schema import (
+    CSV_GUARD,
+    CSV_GUARD_KEY,
     PARTICIPANTS,
     RATING_COLUMN_PREFIX,
     SCHEMA_VERSION,
     TABLES,
     Table,
+    csv_unguard,
     data_dictionary,
 )
 
@@ -115,7 +119,14 @@ def empty_table(name: str) -> pd.DataFrame:
     )
 
 
-def _read_table(directory: Path, name: str) -> pd.DataFrame:
+def _unguard(frame: pd.DataFrame, table: Table) -> None:
+    """Take off the apostrophes a guarded CSV export put before formula-like text cells."""
+    for column in table.columns:
+        if column.dtype in ("string", "json") and column.name in frame.columns:
+            frame[column.name] = frame[column.name].map(csv_unguard, na_action="ignore")
+
+
+def _read_table(directory: Path, name: str, guarded: bool) -> pd.DataFrame:
     table = TABLES[name]
     parquet, csv = directory / f"{name}.parquet", directory / f"{name}.csv"
     try:
@@ -127,6 +138,8 @@ def _read_table(directory: Path, name: str) -> pd.DataFrame:
             frame = pd.read_csv(
                 csv, dtype=str, keep_default_na=False, na_values=[""], low_memory=False
             )
+            if guarded:
+                _unguard(frame, table)
     except (OSError, ValueError) as exc:
         raise ExportError(f"{name}: cannot read {source}: {exc}") from exc
     missing = [
@@ -155,10 +168,6 @@ def load_export(path: str | Path, *, tables: Iterable[str] | None = None) -> Exp
     ]
     if absent:
         raise ExportError(f"{directory} is not a complete export; missing: {', '.join(absent)}")
-    frames = {
-        name: _read_table(directory, name) if name in wanted else empty_table(name)
-        for name in TABLES
-    }
     manifest: dict[str, Any] = {}
     manifest_path = directory / "manifest.json"
     if manifest_path.exists():
@@ -166,6 +175,12 @@ def load_export(path: str | Path, *, tables: Iterable[str] | None = None) -> Exp
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as exc:
             raise ExportError(f"manifest.json is not valid JSON: {exc}") from exc
+    # Only the platform's CSV exports guard formula-like cells; other CSVs are read as they are.
+    guarded = isinstance(manifest, dict) and manifest.get(CSV_GUARD_KEY) == CSV_GUARD
+    frames = {
+        name: _read_table(directory, name, guarded) if name in wanted else empty_table(name)
+        for name in TABLES
+    }
     return Export(**frames, manifest=manifest)
 
 

@@ -10,6 +10,25 @@ from dataclasses import dataclass
 
 SCHEMA_VERSION = "1"
 RATING_COLUMN_PREFIX = "rating_turn_"
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP: CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# The manifest key (and its value) of a CSV export whose text cells went through csv_guard.
+CSV_GUARD_KEY, CSV_GUARD = "csv_formula_guard", "apostrophe"
+
+
+def csv_guard(text: str) -> str:
+    """A text cell as CSV holds it: one apostrophe before a cell a spreadsheet would run.
+
+    Leading apostrophes are skipped when looking for the trigger, so that csv_unguard can tell an
+    added apostrophe from one the text began with: the scheme is reversible for every string.
+    """
+    return "'" + text if text.lstrip("'").startswith(FORMULA_TRIGGERS) else text
+
+
+def csv_unguard(text: str) -> str:
+    """The true text of a cell that csv_guard wrote."""
+    guarded = text.startswith("'") and text[1:].lstrip("'").startswith(FORMULA_TRIGGERS)
+    return text[1:] if guarded else text
 
 
 @dataclass(frozen=True)
@@ -185,6 +204,13 @@ def data_dictionary(checkpoints: list[int] | None = None) -> str:
         f"Schema version {SCHEMA_VERSION}. Times are UTC (ISO 8601); `json` columns hold JSON",
         "text; empty cells are missing values. Preview participants are never exported; pilot",
         "participants only when asked for (`is_pilot`).",
+        "",
+        "In CSV files only, a `string` or `json` cell that begins with `=`, `+`, `-`, `@`, a tab",
+        "or a carriage return (after any apostrophes it already begins with) has one apostrophe",
+        "`'` put in front, so that spreadsheets show it as text rather than run it as a formula.",
+        "`analysis.io.load_export` removes that apostrophe again (the manifest says",
+        f"`{CSV_GUARD_KEY}: {CSV_GUARD}`); Parquet files hold the true values; numeric columns",
+        "are never changed.",
     ]
     for table in TABLES.values():
         columns = list(table.columns)

@@ -91,6 +91,7 @@ class Config:
     database_url: str
     redis_url: str
     write: bool
+    db_connections: str = "shipped"  # see DB_CONNECTIONS
 
 
 # --- the stamped fake model ------------------------------------------------------------------
@@ -218,6 +219,27 @@ def maintenance_url(database_url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
 
 
+# How the web process holds its database connections: "shipped" takes the DATABASE_* values of
+# docker/production.env.example (a health-checked pool); "per-use" is the value shipped before
+# (CONN_MAX_AGE 0, a new connection for every use), "persistent" what this benchmark used before.
+DB_CONNECTIONS = {
+    "per-use": {"DATABASE_POOL": "false", "DATABASE_CONN_MAX_AGE": "0"},
+    "persistent": {"DATABASE_POOL": "false", "DATABASE_CONN_MAX_AGE": "60"},
+}
+
+
+def database_env(mode: str) -> dict[str, str]:
+    """The DATABASE_* connection variables (not the URL) for one connection mode."""
+    if mode != "shipped":
+        return DB_CONNECTIONS[mode]
+    shipped = {}
+    for line in (ROOT / "docker" / "production.env.example").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.startswith("DATABASE_") and name != "DATABASE_URL":
+            shipped[name.strip()] = value.strip()
+    return shipped
+
+
 def bench_env(cfg: Config) -> dict[str, str]:
     """The environment of the web process, manage.py and this process's Django."""
     env = dict(os.environ)
@@ -230,7 +252,7 @@ def bench_env(cfg: Config) -> dict[str, str]:
         DJANGO_HSTS_SECONDS="0",
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DATABASE_URL=cfg.database_url,
-        DATABASE_CONN_MAX_AGE="60",
+        **database_env(cfg.db_connections),
         REDIS_URL=cfg.redis_url,
         CHAT_TURNS_PER_MINUTE="1000",
         CHAT_FRAME_INTERVAL=str(cfg.frame_interval),
@@ -448,6 +470,7 @@ def bench_url(cfg: Config) -> str:
 class DbSample:
     xact_commit: int
     wal_lsn: str
+    sessions: int = 0  # connections ever opened to the bench database (PostgreSQL 14+)
 
 
 def db_sample(cfg: Config) -> DbSample:
@@ -458,10 +481,10 @@ def db_sample(cfg: Config) -> DbSample:
     import psycopg
 
     with psycopg.connect(maintenance_url(cfg.database_url), autocommit=True) as conn:
-        query = "SELECT xact_commit FROM pg_stat_database WHERE datname = %s"
-        (commits,) = conn.execute(query, [BENCH_DB]).fetchone() or (0,)
+        query = "SELECT xact_commit, sessions FROM pg_stat_database WHERE datname = %s"
+        commits, sessions = conn.execute(query, [BENCH_DB]).fetchone() or (0, 0)
         (lsn,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone() or ("",)
-    return DbSample(int(commits), str(lsn))
+    return DbSample(int(commits), str(lsn), int(sessions))
 
 
 # The WAL itself says which transactions wrote to the bench database and what they wrote: exact,
@@ -557,6 +580,7 @@ def db_delta(
     per = max(1, turns)
     out: dict[str, Any] = {
         "commits_per_turn": round((after.xact_commit - before.xact_commit) / per, 2),
+        "connections_per_turn": round((after.sessions - before.sessions) / per, 2),
         "write_commits_per_turn": None,
         "checkpoints_per_turn": None,
         "rows": None,
@@ -1099,8 +1123,8 @@ def cost_table(results: list[dict[str, Any]]) -> list[str]:
         "| gap ms | N | tokens/s offered / delivered | web CPU µs / token "
         "| CPUs busy: web / fake / clients / postgres / redis / other "
         "| client loop lag p99 (ms) | frames / reply | commits / turn (all, read-only too) "
-        "| write commits / turn | checkpoints / turn |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| write commits / turn | checkpoints / turn | connections opened / turn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for level in results:
         p, db = level["platform"], level["platform"]["db"]
@@ -1109,7 +1133,7 @@ def cost_table(results: list[dict[str, Any]]) -> list[str]:
             f"| {_f(p['web_cpu_us_per_token'])} | {_cores(p['cpu'])} "
             f"| {_f(p['client_loop_lag_ms']['p99'])} | {_f(p['frames_per_reply'])} "
             f"| {_f(db['commits_per_turn'])} | {_f(db['write_commits_per_turn'])} "
-            f"| {_f(db['checkpoints_per_turn'])} |"
+            f"| {_f(db['checkpoints_per_turn'])} | {_f(db.get('connections_per_turn'))} |"
         )
     return lines
 
@@ -1227,6 +1251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--quiet-limit", type=float, default=0.3, help="CPUs of other work that count as quiet")
     add("--no-write", action="store_true", help="print the table only; write no results")
     add("--tag", default="", help="suffix for the result files, e.g. a variant's name")
+    modes = ["shipped", *DB_CONNECTIONS]
+    add("--db-connections", choices=modes, default="shipped", help="see DB_CONNECTIONS")
     add("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     add("--fake-port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -1240,7 +1266,7 @@ def config_from(args: argparse.Namespace) -> Config:
         frame_interval=args.frame_interval,
         database_url=bench_database_url(os.environ.get("DATABASE_URL")),
         redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
-        write=not args.no_write,
+        write=not args.no_write, db_connections=args.db_connections,
     )  # fmt: skip
 
 

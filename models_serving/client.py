@@ -109,9 +109,28 @@ async def close_clients() -> None:
         await client.close()
 
 
+# A server that accepts no connection in time is as gone as one that refuses it: "unreachable"
+# is retried on another replica and marks this one down. A read timeout stays "timeout".
+_CONNECT_TIMEOUTS = (httpx.ConnectTimeout, httpx2.ConnectTimeout)
+
+
+def _caused_by(exc: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    """Whether exc or anything in its cause/context chain is one of types."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, types):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _classify(exc: Exception) -> ModelCallError | None:
     """Translate a failure to open the stream into a ModelCallError (None if it is not one)."""
     detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, openai.APITimeoutError) and _caused_by(exc, _CONNECT_TIMEOUTS):
+        return ModelCallError("unreachable", f"{detail} (connect timeout)")
     if isinstance(exc, openai.APITimeoutError):
         return ModelCallError("timeout", detail)
     if isinstance(exc, openai.APIStatusError):

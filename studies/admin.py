@@ -11,10 +11,24 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from studies import admin_reports, tasks
-from studies.models import Condition, Event, ModelEndpoint, Participant, Study, StudyVersion, Task
+from studies.models import (
+    Condition,
+    ErasureRecord,
+    Event,
+    ModelEndpoint,
+    Participant,
+    Study,
+    StudyVersion,
+    Task,
+)
 from studies.services import assignment, exclusions, lifecycle, outcomes, reports, versions
 from studies.services.endpoints import TrafficSummary, endpoint_traffic, endpoints_with_traffic
 from studies.services.errors import StudyActionError
+
+# Permission names (Study.Meta.permissions); the researcher groups are made in migration 0006.
+RUN_STUDY = "studies.run_study"
+VIEW_TRANSCRIPTS = "studies.view_transcripts"
+TRANSCRIPT_FIELDS = ("intent", "transcript", "final")
 
 
 class ConditionInline(admin.TabularInline):
@@ -116,23 +130,26 @@ class StudyAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"{study.slug} is now {status}.", messages.SUCCESS)
 
-    @admin.action(description="Go live (publishes the configuration)")
+    @admin.action(description="Go live (publishes the configuration)", permissions=["run"])
     def go_live(self, request, queryset) -> None:
         self._set_status(request, queryset.exclude(status=Study.Status.PAUSED), "live")
 
-    @admin.action(description="Pause (no new participants)")
+    @admin.action(description="Pause (no new participants)", permissions=["run"])
     def pause(self, request, queryset) -> None:
         self._set_status(request, queryset, "paused")
 
-    @admin.action(description="Resume")
+    @admin.action(description="Resume", permissions=["run"])
     def resume(self, request, queryset) -> None:
         self._set_status(request, queryset.filter(status=Study.Status.PAUSED), "live")
 
-    @admin.action(description="Close")
+    @admin.action(description="Close", permissions=["run"])
     def close(self, request, queryset) -> None:
         self._set_status(request, queryset, "closed")
 
-    @admin.action(description="Apply exclusion rules to completed participants")
+    @admin.action(
+        description="Apply exclusion rules to completed participants",
+        permissions=["run"],
+    )
     def apply_exclusion_rules(self, request, queryset) -> None:
         for study in queryset:
             try:
@@ -156,6 +173,18 @@ class StudyAdmin(admin.ModelAdmin):
 
     def has_export_permission(self, request) -> bool:
         return admin_reports.may_export(self, request)
+
+    def has_run_permission(self, request) -> bool:
+        return request.user.has_perm(RUN_STUDY)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Only a draft nobody entered; never in bulk (participants' studies are PROTECTed too).
+        return (
+            obj is not None
+            and obj.status == Study.Status.DRAFT
+            and not obj.participants.exists()
+            and super().has_delete_permission(request, obj)
+        )
 
     @admin.action(description="Export data (download a zip; small studies)", permissions=["export"])
     def export_data(self, request, queryset):
@@ -200,10 +229,7 @@ class StudyAdmin(admin.ModelAdmin):
     @admin.action(description="Build analysis report", permissions=["export"])
     def build_report(self, request, queryset) -> None:
         for study in queryset:
-            if self.has_change_permission(request, study):
-                admin_reports.queue_report(request, study)
-            else:
-                self.message_user(request, f"{study.slug}: not allowed.", messages.ERROR)
+            admin_reports.queue_report(request, study)
 
     def get_urls(self):
         from studies.admin_monitor import monitor_urls
@@ -436,15 +462,24 @@ class ParticipantAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{participant}: {exc.message}", messages.WARNING)
         self.message_user(request, f"{done} participant(s) marked {outcome}.")
 
-    @admin.action(description="Mark returned (frees the slot where the design says so)")
+    @admin.action(
+        description="Mark returned (frees the slot where the design says so)",
+        permissions=["run"],
+    )
     def mark_returned(self, request, queryset) -> None:
         self._end(request, queryset, Participant.Outcome.RETURNED)
 
-    @admin.action(description="Mark timed out (frees the slot where the design says so)")
+    @admin.action(
+        description="Mark timed out (frees the slot where the design says so)",
+        permissions=["run"],
+    )
     def mark_timed_out(self, request, queryset) -> None:
         self._end(request, queryset, Participant.Outcome.TIMED_OUT)
 
-    @admin.action(description="Exclude from analyses with the reason given (keeps all data)")
+    @admin.action(
+        description="Exclude from analyses with the reason given (keeps all data)",
+        permissions=["run"],
+    )
     def exclude_with_reason(self, request, queryset) -> None:
         reason = request.POST.get("reason", "").strip()
         if not reason:
@@ -458,6 +493,21 @@ class ParticipantAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("study", "condition", "task")
+
+    def get_fields(self, request, obj=None):
+        # What participants wrote is shown only to roles that may read transcripts.
+        if request.user.has_perm(VIEW_TRANSCRIPTS):
+            return self.fields
+        return [f for f in self.fields if f not in TRANSCRIPT_FIELDS]
+
+    def has_run_permission(self, request) -> bool:
+        return request.user.has_perm(RUN_STUDY)
+
+    def has_add_permission(self, request) -> bool:
+        return False  # participants enter through the study link
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # erase_participant is the one way, and it records who and why
 
     @admin.display(description="wall time (s)")
     def wall_time(self, obj: Participant) -> str:
@@ -484,8 +534,8 @@ class ParticipantAdmin(admin.ModelAdmin):
                 )
             parts.append(
                 format_html(
-                    '<div style="margin:.4em 0"><b>#{} {}</b> <small>{} {}</small>'
-                    '<pre style="white-space:pre-wrap">{}</pre></div>',
+                    '<div class="transcript-turn"><b>#{} {}</b> <small>{} {}</small>'
+                    "<pre>{}</pre></div>",
                     m.turn_index,
                     m.role,
                     m.created_at.strftime("%H:%M:%S"),
@@ -512,7 +562,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         if survey is None:
             return "-"
         return format_html(
-            "<p>Document quality {}/10, overall {}/10</p><pre style='white-space:pre-wrap'>{}</pre>"
+            "<p>Document quality {}/10, overall {}/10</p><pre class='wrap'>{}</pre>"
             "<p><b>Strengths</b> {}</p><p><b>Weaknesses</b> {}</p>",
             survey.document_quality,
             survey.overall_interaction,
@@ -520,3 +570,22 @@ class ParticipantAdmin(admin.ModelAdmin):
             survey.strengths,
             survey.weaknesses,
         )
+
+
+@admin.register(ErasureRecord)
+class ErasureRecordAdmin(admin.ModelAdmin):
+    """Erasures made by `manage.py erase_participant`: read-only."""
+
+    list_display = ["created_at", "study_slug", "participant_pseudonym", "requested_by", "reason"]
+    list_filter = ["study_slug"]
+    fields = ["created_at", *list_display[1:], "erased_rows"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

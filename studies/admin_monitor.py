@@ -47,12 +47,11 @@ def monitor_urls(model_admin) -> list:
     ]
 
 
-def _study(request: HttpRequest, study_id: int, model_admin, *, change: bool) -> Study:
+def _study(request: HttpRequest, study_id: int, model_admin, *, run: bool) -> Study:
+    """The study, if the user may view it and (for the controls) run it."""
     study = get_object_or_404(Study, pk=study_id)
-    allowed = (
-        model_admin.has_change_permission(request, study)
-        if change
-        else model_admin.has_view_permission(request, study)
+    allowed = model_admin.has_view_permission(request, study) and (
+        not run or model_admin.has_run_permission(request)
     )
     if not allowed:
         raise PermissionDenied
@@ -67,13 +66,13 @@ def _monitor_url(study: Study, population: str = "real") -> str:
 @require_GET
 def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
     """The monitor page; an HTMX poll gets just the live partial."""
-    study = _study(request, study_id, model_admin, change=False)
+    study = _study(request, study_id, model_admin, run=False)
     snapshot = monitor.monitor_snapshot(study, population=request.GET.get("who", "real"))
     context = {
         "snap": snapshot,
         "study": study,
         "poll_url": _monitor_url(study, snapshot.population),
-        "can_change": model_admin.has_change_permission(request, study),
+        "can_change": model_admin.has_run_permission(request),
         "population_links": [(p, _monitor_url(study, p)) for p in monitor.POPULATIONS],
     }
     if request.htmx:
@@ -92,7 +91,7 @@ def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
 @require_POST
 def monitor_status(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
     """Pause, resume or close the study from the monitor."""
-    study = _study(request, study_id, model_admin, change=True)
+    study = _study(request, study_id, model_admin, run=True)
     status = request.POST.get("status", "")
     if status not in ACTIONS:
         messages.error(request, "Unknown action.")
@@ -109,7 +108,7 @@ def monitor_status(request: HttpRequest, study_id: int, *, model_admin) -> HttpR
 @require_POST
 def monitor_pilot(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
     """Enqueue a pilot run of simulated participants."""
-    study = _study(request, study_id, model_admin, change=True)
+    study = _study(request, study_id, model_admin, run=True)
     form = PilotForm(request.POST)
     if not form.is_valid():
         errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())

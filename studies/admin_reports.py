@@ -1,10 +1,11 @@
 """Reports and exports in the admin: the report page (polled while a run builds), its files and
-the zipped exports. All of it is participant data: only staff who may view participants get it.
+the zipped exports. All of it is participant data: only staff who may export and read transcripts.
 """
 
 from functools import partial
 from pathlib import Path
 
+from csp.decorators import csp_replace, csp_update
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -41,13 +42,15 @@ class ExportForm(forms.Form):
 
 
 def may_export(model_admin, request: HttpRequest, study: Study | None = None) -> bool:
-    """Exports hold every participant's data: staff who may view the study and its participants."""
+    """Exports and reports hold every transcript: staff who may export and read transcripts."""
     user = request.user
     return (
         user.is_active
         and user.is_staff
         and model_admin.has_view_permission(request, study)
-        and user.has_perm("studies.view_participant")
+        and user.has_perms(
+            ["studies.view_participant", "studies.view_transcripts", "studies.export_study"]
+        )
     )
 
 
@@ -91,7 +94,7 @@ def report_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResp
         and run.status in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING),
         "percent": round((run.progress if run else 0) * 100),
         "exports": [p.name for p in reports.export_zips(study)],
-        "can_build": model_admin.has_change_permission(request, study),
+        "can_build": may_export(model_admin, request, study),
         "arms": list(study.conditions.values_list("key", flat=True)),
     }
     if request.htmx:
@@ -108,8 +111,6 @@ def report_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResp
 def report_build(request: HttpRequest, study_id: int, *, model_admin) -> HttpResponse:
     """Queue a new report run (export, then statistics) on a worker."""
     study = _study(request, study_id, model_admin)
-    if not model_admin.has_change_permission(request, study):
-        raise PermissionDenied
     arms = set(study.conditions.values_list("key", flat=True))
     reference = request.POST.get("reference_arm", "")
     queue_report(
@@ -150,6 +151,9 @@ def _run(request: HttpRequest, study_id: int, run_id: int, model_admin) -> Repor
 
 @require_GET
 @xframe_options_sameorigin
+# The generated report is framed (sandboxed, no scripts) by the report page and styles itself.
+@csp_replace({"frame-ancestors": ["'self'"]})
+@csp_update({"style-src": ["'unsafe-inline'"]})
 def report_file(
     request: HttpRequest, study_id: int, run_id: int, name: str, *, model_admin
 ) -> FileResponse:

@@ -1,7 +1,6 @@
 """The chat socket: authenticate by session, validate frames, call services, relay group frames."""
 
 import json
-import time
 import uuid
 
 from channels.db import database_sync_to_async
@@ -9,18 +8,19 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from studies import selectors
+from studies.ratelimit import CLOSE_CODE, FrameLimiter, Verdict
 from studies.services import activity, generation, turns
 from studies.services.errors import StudyActionError
 from studies.sessions import CHAT_STATUSES, session_participant_id
 
 MAX_FRAME_CHARS_EXTRA = 1000
-# Presence and paste notices each write an event row: a page sends about 5 a minute, so more
-# than this in a minute is a script, and the excess is dropped (the audit log stays readable).
-MAX_SIGNALS_PER_MINUTE = 30
+_UNREADABLE = ("malformed", "The page sent something the server could not read.")
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     participant_id: int
+    limiter: FrameLimiter
+    closed_for_abuse = False
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
@@ -32,6 +32,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.participant_id = pid
         self.group = generation.chat_group(pid)
+        self.limiter = FrameLimiter()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         await database_sync_to_async(turns.turn_reap_stale)(
@@ -50,19 +51,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        limit = settings.CHAT_MAX_MESSAGE_CHARS * 2 + MAX_FRAME_CHARS_EXTRA
-        if text_data is None or len(text_data) > limit:
-            await self._error("frame_too_large", "That message is too large to send.")
+        # Every frame, readable or not, takes a token before any work: a flood costs O(1) a frame
+        # and touches neither the database nor the log.
+        if self.closed_for_abuse or not hasattr(self, "limiter"):  # closed, or refused at connect
             return
-        try:
-            content = json.loads(text_data)
-        except ValueError:
-            await self._error("malformed", "The page sent something the server could not read.")
-            return
-        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-            await self._error("malformed", "The page sent something the server could not read.")
-            return
-        await self.receive_json(content)
+        content, error = _parse(text_data)
+        verdict = self.limiter.check(content["type"] if content else "invalid")
+        if verdict is Verdict.REFUSE:
+            key = content.get("key") if content else None
+            await self._error("rate_limited", "Too many requests at once; please wait.", key=key)
+        elif verdict is Verdict.CLOSE:
+            self.closed_for_abuse = True
+            await self.close(code=CLOSE_CODE)
+        elif verdict is Verdict.ALLOW and content is not None:
+            await self.receive_json(content)
+        elif verdict is Verdict.ALLOW and error is not None:
+            await self._error(*error)
 
     async def receive_json(self, content: dict, **kwargs) -> None:
         handler = {
@@ -121,15 +125,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_send(self.group, {"type": "chat.frame", "frame": "rated"})
         await self.send_json(await self._state())
 
-    def _signal_allowed(self) -> bool:
-        now = time.monotonic()
-        recent = [t for t in getattr(self, "_signal_times", []) if now - t < 60]
-        self._signal_times = [*recent, now]
-        return len(recent) < MAX_SIGNALS_PER_MINUTE
-
     async def _presence(self, content: dict) -> None:
-        if not self._signal_allowed():
-            return
         signal = content.get("signal")
         if signal not in activity.CLIENT_SIGNALS:
             raise StudyActionError("malformed", "Unknown presence signal.")
@@ -138,8 +134,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def _paste(self, content: dict) -> None:
-        if not self._signal_allowed():
-            return
         try:
             await database_sync_to_async(activity.paste_record)(
                 participant_id=self.participant_id, chars=content.get("chars")
@@ -176,6 +170,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, code: str, message: str, key: object = None) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, "key": key})
+
+
+def _parse(text_data: str | None) -> tuple[dict | None, tuple[str, str] | None]:
+    """A frame's JSON object with a string type, or None and the error to answer with."""
+    if (
+        text_data is None
+        or len(text_data) > settings.CHAT_MAX_MESSAGE_CHARS * 2 + MAX_FRAME_CHARS_EXTRA
+    ):
+        return None, ("frame_too_large", "That message is too large to send.")
+    try:
+        content = json.loads(text_data)
+    except ValueError:
+        return None, _UNREADABLE
+    if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+        return None, _UNREADABLE
+    return content, None
 
 
 def _start_turn(participant_id: int, text: str, key: uuid.UUID) -> tuple:

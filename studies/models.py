@@ -7,6 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from studies.validators import validate_api_key_env
+
 
 def _completion_code() -> str:
     return secrets.token_hex(4).upper()
@@ -110,6 +112,13 @@ class Study(models.Model):
 
     class Meta:
         verbose_name_plural = "studies"
+        # Researcher roles (groups made by migration 0006) are built from these and the model
+        # permissions; README "Running a study" lists who gets what.
+        permissions = [
+            ("view_transcripts", "Can read transcripts, intent answers and final documents"),
+            ("run_study", "Can run a study: go live, pause, resume, close, exclude, pilot"),
+            ("export_study", "Can export a study's data and build its analysis report"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(max_turns__isnull=True) | Q(max_turns__gte=models.F("min_turns")),
@@ -153,7 +162,11 @@ class ModelEndpoint(models.Model):
     base_url = models.URLField(help_text="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     served_model = models.CharField(max_length=200)
     api_key_env = models.CharField(
-        max_length=100, blank=True, help_text="Name of the environment variable holding the key."
+        max_length=100,
+        blank=True,
+        validators=[validate_api_key_env],
+        help_text="Name of the environment variable holding the key: MODEL_API_KEY_... or one "
+        "listed in MODEL_API_KEY_ENV_ALLOWED.",
     )
     connect_timeout = models.FloatField(default=5.0)
     read_timeout = models.FloatField(default=60.0)
@@ -302,6 +315,12 @@ class Participant(models.Model):
     attempts = models.JSONField(
         default=list, blank=True, help_text="One entry per arrival: recruiting session id, time."
     )
+    resume_code_hash = models.CharField(
+        max_length=64,
+        blank=True,
+        editable=False,
+        help_text="Keyed hash (HMAC-SHA256) of the resume code; the code itself is not stored.",
+    )
     condition = models.ForeignKey(Condition, null=True, blank=True, on_delete=models.PROTECT)
     document_type = models.CharField(max_length=30, blank=True, choices=Task.DocumentType.choices)
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT)
@@ -384,7 +403,7 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
         FAILED = "failed"
 
-    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="messages")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="messages")
     turn_index = models.PositiveSmallIntegerField(help_text="1-based turn this message belongs to.")
     role = models.CharField(max_length=10, choices=Role.choices)
     attempt = models.PositiveSmallIntegerField(default=1)
@@ -444,7 +463,7 @@ class Message(models.Model):
 
 
 class TurnRating(models.Model):
-    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="ratings")
+    participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="ratings")
     after_turn = models.PositiveSmallIntegerField()
     score = models.PositiveSmallIntegerField(
         validators=[MinValueValidator(1), MaxValueValidator(10)]
@@ -469,7 +488,7 @@ class TurnRating(models.Model):
 
 class FinalSurvey(models.Model):
     participant = models.OneToOneField(
-        Participant, on_delete=models.CASCADE, related_name="final_survey"
+        Participant, on_delete=models.PROTECT, related_name="final_survey"
     )
     document_text = models.TextField()
     document_quality = models.PositiveSmallIntegerField()
@@ -497,7 +516,7 @@ class FinalSurvey(models.Model):
 
 class IntentAnswer(models.Model):
     participant = models.ForeignKey(
-        Participant, on_delete=models.CASCADE, related_name="intent_answers"
+        Participant, on_delete=models.PROTECT, related_name="intent_answers"
     )
     question_index = models.PositiveSmallIntegerField()
     question = models.TextField()
@@ -521,7 +540,7 @@ class Event(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="events")
     participant = models.ForeignKey(
-        Participant, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+        Participant, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
     )
     kind = models.CharField(max_length=60)
     payload = models.JSONField(default=dict, blank=True)
@@ -568,3 +587,27 @@ class ReportRun(models.Model):
 
     def __str__(self) -> str:
         return f"report {self.pk} of {self.study_id} ({self.status})"
+
+
+class ErasureRecord(models.Model):
+    """Who erased a participant, when and why (a data-subject request); outlives study and rows."""
+
+    study_slug = models.SlugField()
+    participant_pseudonym = models.CharField(
+        max_length=40, help_text="Keyed hash of the recruiting id, as in exports."
+    )
+    requested_by = models.CharField(max_length=150)
+    reason = models.TextField()
+    erased_rows = models.JSONField(default=dict, help_text="Rows deleted, by table.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(requested_by="") & ~Q(reason=""), name="erasure_says_who_and_why"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study_slug}/{self.participant_pseudonym} erased by {self.requested_by}"

@@ -1,4 +1,7 @@
-"""The participant's session is their only credential: ids never travel in URLs or forms."""
+"""The participant's session is their credential on every page: ids never travel in URLs or forms.
+
+A browser that is not yet theirs gets in only through studies.services.reentry.
+"""
 
 from collections.abc import Iterable
 
@@ -30,3 +33,34 @@ def session_bind(request, slug: str, participant_id: int) -> None:
     if request.session.get(_key(slug)) != participant_id:
         request.session.cycle_key()
         request.session[_key(slug)] = participant_id
+        # Another participant's resume code must never show on this one's pages.
+        request.session.pop(f"resume_code:{slug}", None)
+    session_drop_reentry(request.session, slug)
+
+
+def session_remember_code(session, slug: str, code: str) -> None:
+    """Keep the participant's resume code in their own session so their pages can show it."""
+    session[f"resume_code:{slug}"] = code
+
+
+def session_resume_code(session, slug: str) -> str:
+    """The resume code this session was shown or entered for the study ('' when none)."""
+    code = session.get(f"resume_code:{slug}", "")
+    return code if isinstance(code, str) else ""
+
+
+def session_hold_reentry(session, slug: str, participant_id: int, params: dict[str, str]) -> None:
+    """Remember, server-side, whom this session asks to continue as until it proves it."""
+    session[f"reentry:{slug}"] = {"participant": participant_id, "params": params}
+
+
+def session_reentry(session, slug: str) -> tuple[int, dict[str, str]] | None:
+    """The (participant id, link params) this session asked to continue as, if any."""
+    held = session.get(f"reentry:{slug}")
+    if not isinstance(held, dict) or not isinstance(held.get("participant"), int):
+        return None
+    return held["participant"], dict(held.get("params") or {})
+
+
+def session_drop_reentry(session, slug: str) -> None:
+    session.pop(f"reentry:{slug}", None)

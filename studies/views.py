@@ -10,19 +10,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from studies import selectors
 from studies.models import Participant, Study
-from studies.services import access, activity, outcomes
+from studies.services import activity, outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.services.participants import COMPREHENSION_ATTEMPTS
 from studies.services.versions import frozen_study
-from studies.sessions import session_bind, session_participant_id
-
-RECRUITING_KEYS = {
-    "prolific": ("PROLIFIC_PID", ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")),
-    "mturk": ("workerId", ("workerId", "assignmentId", "hitId")),
-    "link": ("pid", ("pid",)),
-}
-MTURK_PREVIEW = "ASSIGNMENT_ID_NOT_AVAILABLE"
+from studies.sessions import session_participant_id
 
 
 def _study(slug: str) -> Study:
@@ -30,20 +23,6 @@ def _study(slug: str) -> Study:
     if study is None:
         raise Http404("No such study.")
     return study
-
-
-def _recruiting(request: HttpRequest, study: Study) -> tuple[str, str | None, dict[str, str]]:
-    """(source, external id, params) from the query string; a stratifying parameter is kept too."""
-    extra = (
-        study.stratify_by.removeprefix("param:") if study.stratify_by.startswith("param:") else ""
-    )
-    for source, (id_key, keys) in RECRUITING_KEYS.items():
-        external_id = request.GET.get(id_key, "").strip()[:200]
-        if external_id:
-            params = {k: request.GET.get(k, "")[:200] for k in (*keys, extra) if k}
-            return source, f"{source}:{external_id}", params
-    params = {extra: request.GET.get(extra, "")[:200]} if extra in request.GET else {}
-    return "link", None, params
 
 
 def _step_url(participant: Participant) -> str:
@@ -70,37 +49,6 @@ def _closed(request: HttpRequest, study: Study, message: str, status: int = 200)
     return render(
         request, "studies/closed.html", {"study": study, "message": message}, status=status
     )
-
-
-@require_GET
-def entry(request: HttpRequest, slug: str) -> HttpResponse:
-    study = _study(slug)
-    source, external_id, params = _recruiting(request, study)
-    if request.GET.get("assignmentId") == MTURK_PREVIEW:
-        return render(request, "studies/preview.html", {"study": study})
-    kind = access.access_kind(study, request.GET)
-    if kind is None and any(k in request.GET for k in access.KINDS):
-        return _closed(request, study, _("This test link is invalid or has expired."), status=403)
-    if kind is not None:
-        source, external_id, params = kind, None, {}
-    if external_id is None:
-        pid = session_participant_id(request.session, slug)
-        if pid is not None:
-            return redirect(_step_url(selectors.participant_for_page(pid)))
-    platform = study.recruiting_source
-    if kind is None and platform != Study.Source.LINK and source != platform:
-        # A platform study admits only that platform's ids: a bare ?pid= would bypass it.
-        return _closed(
-            request, study, _("Please open this study from your recruiting platform's link.")
-        )
-    try:
-        entered = svc.participant_enter(
-            study=study, external_id=external_id, source=source, params=params, kind=kind
-        )
-    except StudyActionError as exc:
-        return _closed(request, study, exc.message)
-    session_bind(request, slug, entered.participant.pk)
-    return redirect(_step_url(entered.participant))
 
 
 @require_http_methods(["GET", "POST"])

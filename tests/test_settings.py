@@ -1,6 +1,7 @@
 """Settings read everything from the environment; .env.example documents each variable."""
 
 import ast
+import json
 import os
 import re
 import secrets
@@ -68,3 +69,27 @@ def test_deploy_checks_pass_with_production_values():
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_shipped_production_values_pool_and_health_check_database_connections():
+    # The pool is built as the web process would build it (not opened: no server is needed).
+    probe = (
+        "import json, django; django.setup()\n"
+        "from django.db import connection\n"
+        "pool = connection.pool\n"
+        "d = connection.settings_dict\n"
+        "print(json.dumps([d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'], pool.max_size,"
+        " pool._check is not None]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=production_env() | {"DJANGO_SETTINGS_MODULE": "webapp.settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    max_age, health_checks, max_size, checked = json.loads(result.stdout.splitlines()[-1])
+    # Persistent connections leak under ASGI; the pool is how connections are kept and reused.
+    assert (max_age, health_checks, checked) == (0, True, True) and max_size >= 2

@@ -17,6 +17,8 @@ from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
 from training.services.checkpoints import checkpoint_add_to_study
 
+RUN_TRAINING = "training.run_training"
+
 
 def progress_url(run: TrainingRun) -> str:
     return reverse("admin:training_trainingrun_progress", args=[run.pk])
@@ -69,7 +71,19 @@ class TrainingRunAdmin(admin.ModelAdmin):
         obj.created_by = obj.created_by or request.user.get_username()
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Start the selected runs", permissions=["change"])
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RUN_TRAINING)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # A run that never started; its stages and checkpoints are PROTECTed records.
+        return (
+            obj is not None
+            and not obj.stage_rows.exists()
+            and not obj.checkpoints.exists()
+            and super().has_delete_permission(request, obj)
+        )
+
+    @admin.action(description="Start the selected runs", permissions=["run"])
     def start_runs(self, request: HttpRequest, queryset) -> None:
         for run in queryset:
             self._start(request, run)
@@ -95,10 +109,11 @@ class TrainingRunAdmin(admin.ModelAdmin):
         ] + super().get_urls()
 
 
-def _run(request: HttpRequest, run_id: int, model_admin, *, change: bool) -> TrainingRun:
+def _run(request: HttpRequest, run_id: int, model_admin, *, start: bool) -> TrainingRun:
+    """The run, if the user may view it and (to start or retry) run training."""
     run = get_object_or_404(TrainingRun, pk=run_id)
-    allowed = (model_admin.has_change_permission if change else model_admin.has_view_permission)(
-        request, run
+    allowed = model_admin.has_view_permission(request, run) and (
+        not start or model_admin.has_run_permission(request)
     )
     if not allowed:
         raise PermissionDenied
@@ -117,14 +132,14 @@ def _stage_rows(run: TrainingRun) -> list[dict]:
 @require_GET
 def progress_page(request: HttpRequest, run_id: int, *, model_admin) -> HttpResponse:
     """Every stage's status, progress, rate, ETA and log; polled while the run is running."""
-    run = _run(request, run_id, model_admin, change=False)
+    run = _run(request, run_id, model_admin, start=False)
     context = {
         "run": run,
         "rows": _stage_rows(run),
         "polling": run.status == TrainingRun.Status.RUNNING,
         "poll_url": progress_url(run),
         "checkpoints": list(run.checkpoints.select_related("endpoint")),
-        "can_change": model_admin.has_change_permission(request, run),
+        "can_change": model_admin.has_run_permission(request),
     }
     if request.htmx:
         return render(request, "admin/training/progress.html#training-progress", context)
@@ -138,7 +153,7 @@ def progress_page(request: HttpRequest, run_id: int, *, model_admin) -> HttpResp
 
 @require_POST
 def start_run(request: HttpRequest, run_id: int, *, model_admin) -> HttpResponse:
-    run = _run(request, run_id, model_admin, change=True)
+    run = _run(request, run_id, model_admin, start=True)
     model_admin._start(request, run)
     return HttpResponseRedirect(progress_url(run))
 
@@ -146,7 +161,7 @@ def start_run(request: HttpRequest, run_id: int, *, model_admin) -> HttpResponse
 @require_POST
 def retry_stage(request: HttpRequest, stage_id: int, *, model_admin) -> HttpResponse:
     stage = get_object_or_404(TrainingStage.objects.select_related("run"), pk=stage_id)
-    _run(request, stage.run_id, model_admin, change=True)
+    _run(request, stage.run_id, model_admin, start=True)
     try:
         runs.stage_retry(stage_id=stage.pk)
     except runs.RunStateError as exc:
@@ -179,6 +194,9 @@ class CheckpointAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # checkpoints come from runs
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # a trained adapter's record stays, like the run that made it
+
     @admin.display(description="Study arm")
     def add_link(self, checkpoint: Checkpoint) -> str:
         url = reverse("admin:training_checkpoint_add_to_study", args=[checkpoint.pk])
@@ -195,9 +213,10 @@ class CheckpointAdmin(admin.ModelAdmin):
 def add_to_study(request: HttpRequest, checkpoint_id: int, *, model_admin) -> HttpResponse:
     """Pick a study; the checkpoint becomes its arm (a new study version is published)."""
     checkpoint = get_object_or_404(Checkpoint, pk=checkpoint_id)
+    # A new arm is a configuration change, so it needs both the training and the study side.
     if not (
         model_admin.has_view_permission(request, checkpoint)
-        and request.user.has_perm("studies.change_study")
+        and request.user.has_perms([RUN_TRAINING, "studies.change_study"])
     ):
         raise PermissionDenied
     form = AddToStudyForm(request.POST or None)

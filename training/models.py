@@ -146,6 +146,9 @@ class TrainingRun(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        permissions = [
+            ("run_training", "Can start runs, retry stages and add a checkpoint to a study"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -162,7 +165,7 @@ class TrainingStage(models.Model):
         FAILED = "failed"
         SKIPPED = "skipped"
 
-    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="stage_rows")
+    run = models.ForeignKey(TrainingRun, on_delete=models.PROTECT, related_name="stage_rows")
     name = models.CharField(max_length=20, choices=[(s, s) for s in STAGE_ORDER])
     position = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
@@ -193,13 +196,13 @@ class TrainingStage(models.Model):
 class Checkpoint(models.Model):
     """A trained adapter, servable as a LoRA module next to its base model."""
 
-    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="checkpoints")
+    run = models.ForeignKey(TrainingRun, on_delete=models.PROTECT, related_name="checkpoints")
     stage = models.CharField(max_length=20)
     adapter_path = models.CharField(max_length=500)
     adapter_name = models.SlugField(max_length=60, unique=True)
     endpoint = models.ForeignKey(
         "studies.ModelEndpoint",
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         null=True,
         blank=True,
         related_name="checkpoints",

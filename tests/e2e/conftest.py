@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import connection, connections
 from playwright.sync_api import Page, sync_playwright
 
+from tests.e2e.pages import scripted_model  # noqa: F401 (a fixture of the CSP and XSS tests)
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ before the first token; fake-stall sends one token, fake-stall-first only header
 fake-500 and fake-400 fail with that status; fake-malformed sends invalid JSON; fake-truncated
 ends without finish_reason or [DONE]; fake-drop cuts the connection mid-stream; fake-script
 answers with the server's next scripted reply (`responder(body)`, else `script`, a list it pops
-from the front; "!500" fails that call). max_tokens sets N;
+from the front; "!500" fails that call; fake_delay_ms spaces its words). max_tokens sets N;
 extra body fields fake_delay_ms and fake_first_token_delay_ms override the delays per request.
 Benchmarks: python -m tests.fakes.openai_server --port 8090 --tokens 64 --delay-ms 5
 """
@@ -261,7 +261,12 @@ class FakeOpenAIServer:
         """Stream the chosen scripted reply word by word, with usage when asked for."""
         text = body["_scripted"]
         words = text.split(" ")
+        # Only when the request asks: scripted replies otherwise arrive at once, as before.
+        delay = float(body.get("fake_delay_ms", 0)) / 1000
         for i, word in enumerate(words):
+            if delay and i:
+                await writer.drain()
+                await asyncio.sleep(delay)
             writer.write(_event(reply.chunk({"content": word if i == 0 else " " + word})))
         writer.write(_event(reply.chunk({}, "stop")))
         if (body.get("stream_options") or {}).get("include_usage"):

@@ -17,6 +17,7 @@ from models_serving.client import (
     stream_chat,
 )
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.ports import unanswered_port
 
 MESSAGES = [{"role": "user", "content": "write me a short poem"}]
 
@@ -99,6 +100,17 @@ async def test_a_closed_port_is_unreachable(closed_port):
     spec = EndpointSpec(base_url=f"http://127.0.0.1:{closed_port}/v1", model="fake")
     assert await failure_kind(spec) == "unreachable"
     await close_clients()
+
+
+async def test_a_server_that_accepts_no_connection_in_time_is_unreachable():
+    with unanswered_port() as port:
+        spec = EndpointSpec(
+            base_url=f"http://127.0.0.1:{port}/v1", model="fake", connect_timeout=0.3
+        )
+        with pytest.raises(ModelCallError) as info:
+            await collect(spec)
+    await close_clients()
+    assert info.value.kind == "unreachable" and "connect timeout" in info.value.detail
 
 
 async def test_a_server_that_never_sends_a_token_is_a_timeout(fake_server):

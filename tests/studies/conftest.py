@@ -5,8 +5,14 @@ import uuid
 import pytest
 
 from studies.services import participants as svc
-from studies.services import turns
+from studies.services import reentry, turns
 from tests.factories import ParticipantFactory, three_arm_study
+
+
+@pytest.fixture(autouse=True)
+def _own_entry_counters(monkeypatch):
+    """Each test counts re-entry attempts under its own Redis keys (a window outlives a test)."""
+    monkeypatch.setattr(reentry, "KEY_PREFIX", f"collabllm:test-entry:{uuid.uuid4().hex}")
 
 
 @pytest.fixture

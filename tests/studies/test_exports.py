@@ -410,3 +410,60 @@ def test_the_export_action_takes_one_study_at_a_time(researcher, world):
         follow=True,
     )
     assert "Export one study at a time." in response.content.decode()
+
+
+# Participant text is stripped on arrival; replies keep leading tabs and carriage returns.
+FORMULAS = ['=HYPERLINK("http://x.test","y")', "+1+2", "-2+3", "@SUM(A1)", "'=1", "'tis plain"]
+REPLY_PREFIXES = ["\t", "\r", "-"]
+
+
+@pytest.fixture
+def formulas(settings):
+    """One participant whose messages are formula-like text; one reply with a negative duration."""
+    settings.CHAT_TURNS_PER_MINUTE = len(FORMULAS)
+    study = three_arm_study(rating_every=0, min_turns=1)
+    participant = advance_to_chat(ParticipantFactory(study=study, external_id="prolific:f"))
+    for i, text in enumerate(FORMULAS):
+        started = turns.turn_start(participant_id=participant.pk, text=text, key=new_key())
+        turns.turn_complete(
+            message_id=started.assistant_message.pk, model="=m",
+            text=REPLY_PREFIXES[i % len(REPLY_PREFIXES)] + "reply",
+            finish_reason="stop", prompt_tokens=1, completion_tokens=1,
+            time_to_first_token=0.1, duration=-1.5,
+        )  # fmt: skip
+    return study
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_get_an_apostrophe(formulas, tmp_path):
+    folder = exports.export_study(formulas, tmp_path / "o", fmt="csv").path
+    rows, _ = read_table(folder, "messages", "csv")
+    user = [r["content"] for r in rows if r["role"] == "user"]
+    assert user == ["'" + t for t in FORMULAS[:-1]] + ["'tis plain"]
+    replies = [r["content"] for r in rows if r["role"] == "assistant"]
+    assert replies == ["'" + REPLY_PREFIXES[i % 3] + "reply" for i in range(len(FORMULAS))]
+    assert {r["model"] for r in rows if r["role"] == "assistant"} == {"'=m"}
+    assert {r["duration"] for r in rows if r["role"] == "assistant"} == {"-1.5"}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest[schema.CSV_GUARD_KEY] == schema.CSV_GUARD
+    assert "apostrophe" in (folder / "data_dictionary.md").read_text()
+
+
+def test_parquet_keeps_the_true_text(formulas, tmp_path):
+    folder = exports.export_study(formulas, tmp_path / "o", fmt="parquet").path
+    rows, _ = read_table(folder, "messages", "parquet")
+    assert [r["content"] for r in rows if r["role"] == "user"] == FORMULAS
+    assert schema.CSV_GUARD_KEY not in json.loads((folder / "manifest.json").read_text())
+
+
+def test_the_analysis_loader_reads_guarded_csv_as_the_true_text(formulas, tmp_path):
+    from analysis.io import load_export
+
+    csv_export = load_export(exports.export_study(formulas, tmp_path / "c", fmt="csv").path)
+    parquet = load_export(exports.export_study(formulas, tmp_path / "p", fmt="parquet").path)
+    for name in ["messages", "participants", "events"]:
+        ours, theirs = getattr(csv_export, name), getattr(parquet, name)
+        text = [c.name for c in schema.TABLES[name].columns if c.dtype in ("string", "json")]
+        assert ours[text].fillna("").values.tolist() == theirs[text].fillna("").values.tolist()
+    user = csv_export.messages[csv_export.messages["role"] == "user"]
+    assert user["content"].tolist() == FORMULAS
+    assert csv_export.messages["duration"].dropna().eq(-1.5).all()

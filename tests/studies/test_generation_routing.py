@@ -14,7 +14,7 @@ from studies.models import Message, ModelEndpoint, Participant, Study
 from studies.services import generation, versions
 from tests.factories import ParticipantFactory, three_arm_study
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.ports import free_port
+from tests.ports import free_port, unanswered_port
 from tests.studies.conftest import advance_to_chat
 from tests.studies.test_consumer import connect, frames_until, messages_of, send_turn, settled
 
@@ -105,6 +105,20 @@ async def test_a_replica_that_refuses_connections_is_skipped_before_the_first_to
     await send_turn(comm)
     assert (await frames_until(comm, {"complete", "failed"}))[-1]["type"] == "complete"
     await settled()
+    _, reply = await messages_of(participant)
+    assert reply.status == "complete" and reply.endpoint_url == fake_model.base_url
+    assert (await slots_snapshot(participant.condition.endpoint_id)).down == {dead}
+    await comm.disconnect()
+
+
+async def test_a_replica_that_accepts_no_connection_in_time_is_marked_down_and_skipped(fake_model):
+    with unanswered_port() as port:
+        dead = f"http://127.0.0.1:{port}/v1"
+        (participant,) = await make_participants([dead, fake_model.base_url])
+        comm = await chat(participant)
+        await send_turn(comm)
+        assert (await frames_until(comm, {"complete", "failed"}))[-1]["type"] == "complete"
+        await settled()
     _, reply = await messages_of(participant)
     assert reply.status == "complete" and reply.endpoint_url == fake_model.base_url
     assert (await slots_snapshot(participant.condition.endpoint_id)).down == {dead}

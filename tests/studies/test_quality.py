@@ -98,8 +98,12 @@ def test_a_second_wrong_answer_screens_the_participant_out(client, checked_study
 def test_a_reload_or_a_new_entry_does_not_reset_the_attempts(client, checked_study, at_check):
     client.post(url("check", checked_study), WRONG)
     assert client.get(url("check", checked_study)).status_code == 200
-    again = Client()
-    assert enter(again, checked_study, pid="p1").url == url("check", checked_study)
+    again = Client()  # another browser: back in with the resume code their pages showed
+    assert enter(again, checked_study, pid="p1").url == url("resume", checked_study)
+    code = client.session[f"resume_code:{checked_study.slug}"]
+    assert again.post(url("resume", checked_study), {"code": code}).url == url(
+        "check", checked_study
+    )
     at_check.refresh_from_db()
     assert at_check.comprehension_failures == 1
     response = again.post(url("check", checked_study), WRONG)

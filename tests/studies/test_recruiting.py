@@ -53,8 +53,9 @@ def test_the_same_pid_in_two_studies_makes_two_participants(study):
 
 
 def test_a_reentry_with_a_new_session_id_appends_one_attempt_and_an_event(study):
-    enter(Client(), study, **prolific(session="s1"))
-    response = enter(Client(), study, **prolific(session="s2"))
+    browser = Client()
+    enter(browser, study, **prolific(session="s1"))
+    response = enter(browser, study, **prolific(session="s2"))
     assert response.url == url("consent", study)
     participant = Participant.objects.get(study=study)
     assert [a["session_id"] for a in participant.attempts] == ["s1", "s2"]
@@ -62,8 +63,9 @@ def test_a_reentry_with_a_new_session_id_appends_one_attempt_and_an_event(study)
 
 
 def test_a_reentry_with_the_same_session_id_appends_nothing(study):
-    enter(Client(), study, **prolific(session="s1"))
-    enter(Client(), study, **prolific(session="s2"))
+    browser = Client()
+    enter(browser, study, **prolific(session="s1"))
+    enter(browser, study, **prolific(session="s2"))
     enter(Client(), study, **prolific(session="s2"))
     enter(Client(), study, **prolific(session="s1"))
     participant = Participant.objects.get(study=study)
@@ -71,10 +73,10 @@ def test_a_reentry_with_the_same_session_id_appends_nothing(study):
     assert kinds(participant).count("study.participant.reentered") == 1
 
 
-def test_a_returning_pid_lands_on_the_same_participant_and_step(study):
+def test_a_returning_pid_with_its_session_id_lands_on_the_same_participant_and_step(study):
     participant = to_chat_with(Client(), study, prolific())
     again = Client()
-    response = enter(again, study, **prolific(session="s9"))
+    response = enter(again, study, **prolific(session="s1"))
     assert response.url == url("chat", study)
     assert Participant.objects.filter(study=study).count() == 1
     assert again.session[f"participant:{study.slug}"] == participant.pk
@@ -340,7 +342,7 @@ def test_a_returned_participant_reentering_lands_on_the_closed_page(study):
     participant = to_chat_with(Client(), study, prolific())
     outcomes.participant_end(participant_id=participant.pk, outcome="returned")
     again = Client()
-    response = enter(again, study, **prolific(session="s2"))
+    response = enter(again, study, **prolific(session="s1"))
     assert response.url == url("closed", study)
     assert b"You returned this study" in again.get(url("closed", study)).content
     assert svc.participant_step(Participant.objects.get(pk=participant.pk)) == "closed"

@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
@@ -14,7 +13,6 @@ from studies.services import activity, allocation, housekeeping, turns, versions
 from studies.services import participants as svc
 from tests.factories import ConditionFactory, ParticipantFactory, three_arm_study
 from tests.studies.conftest import advance_to_chat, complete_reply, new_key
-from tests.studies.test_consumer import connect, make_chatting
 from tests.studies.test_flow import to_chat_with, url
 from tests.studies.test_quality import QUESTIONS, WRONG
 
@@ -165,21 +163,3 @@ def test_a_stratifying_parameter_is_normalised():
         for v in ["US", " us", "us ", "Us"]
     }
     assert strata == {"c=us"}
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.timeout(120)
-async def test_a_flood_of_presence_frames_is_capped(fake_model):
-    participant = await make_chatting(fake_model.base_url, detect_paste=True)
-    comm, _, _ = await connect(participant)
-    await comm.receive_json_from()
-    for _ in range(100):
-        await comm.send_json_to({"type": "presence", "signal": "active"})
-    await comm.send_json_to({"type": "sync"})
-    while (await comm.receive_json_from(timeout=10))["type"] != "state":
-        pass
-    count = await sync_to_async(
-        Event.objects.filter(participant=participant, kind="study.presence.active").count
-    )()
-    assert count == 30
-    await comm.disconnect()

@@ -221,7 +221,7 @@ def test_a_paused_study_admits_nobody_new_but_lets_entered_participants_go_on(dr
     assert b"not accepting" in response.content
     assert not Participant.objects.filter(external_id="link:late").exists()
     assert early.post(url("consent", draft), {"choice": "agree"}).url == url("brief", draft)
-    assert enter(Client(), draft, pid="early").url == url("brief", draft)
+    assert enter(early, draft, pid="early").url == url("brief", draft)
 
 
 def test_a_resumed_study_admits_new_participants_again(draft):

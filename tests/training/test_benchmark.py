@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from tests.factories import ModelEndpointFactory, three_arm_study
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.training.conftest import responder, user_says
+from tests.training.conftest import kind_of, responder, user_says
 from training.pipeline.benchmark import markdown_table
 from training.pipeline.tasksets import load_tasks
 
@@ -138,7 +138,7 @@ def test_the_demo_arms_are_benchmarked_on_the_real_embedded_model(embedded_model
     assert any(conv["messages"] for conv in conversations)
     for conv in conversations:
         # A small simulator may end the chat at once ([[TERMINATE CHAT]] or its fallback).
-        assert conv["ended"] in ("max_turns", "terminated")
+        assert conv["ended"] in ("max_turns", "terminated", "user_failed")
         if conv["messages"]:
             assert conv["messages"][0]["role"] == "user"
             assert conv["tokens"] > 0  # counted by the server's own tokenizer
@@ -164,3 +164,37 @@ def test_a_chat_the_simulated_user_ends_at_once_is_not_scored(scripted_study, tm
     [row, *_] = [json.loads(line) for line in _lines(tmp_path / "conversations.jsonl")]
     assert row["messages"] == [] and row["ended"] == "terminated" and row["task"] is None
     assert server.stats.chat_requests == 3  # one simulator call per arm, nothing scored
+
+
+def _rows(study, tmp_path, *args):
+    call_command(
+        "benchmark_arms", study.slug, "--out", str(tmp_path), "--kinds", "math", "--limit", "1",
+        *args, stdout=io.StringIO(),
+    )  # fmt: skip
+    return [json.loads(line) for line in _lines(tmp_path / "conversations.jsonl")]
+
+
+def test_a_chat_cut_short_by_a_failing_policy_server_is_a_failure_not_scored(
+    scripted_study, tmp_path
+):
+    study, server = scripted_study
+    scripted = server.responder
+
+    def second_reply_fails(body):
+        later = any(m["role"] == "assistant" for m in body["messages"])
+        return "!500" if kind_of(body) == "policy" and later else scripted(body)
+
+    server.responder = second_reply_fails
+    rows = _rows(study, tmp_path, "--max-turns", "3")
+    assert rows and all(r["ended"] == "policy_failed: server_error" for r in rows)
+    assert all(
+        r["turns"] == 1 and r["task"] is None and "chat" in r["component_errors"] for r in rows
+    )
+
+
+def test_a_failing_user_simulator_is_a_failure_not_an_ending(scripted_study, tmp_path):
+    study, server = scripted_study
+    scripted = server.responder
+    server.responder = lambda body: "!500" if kind_of(body) == "user" else scripted(body)
+    rows = _rows(study, tmp_path)
+    assert rows and all(r["ended"] == "user_failed" and r["task"] is None for r in rows)

@@ -61,3 +61,36 @@ def test_a_saved_dataset_loads_with_datasets_and_has_a_card(tmp_path):
     assert read_jsonl(folder / "train.jsonl") == json.loads(json.dumps(rows))
     card = (folder / "README.md").read_text()
     assert card.startswith("---\npretty_name: collabllm-dpo") and '"window": 2' in card
+
+
+def test_the_data_card_counts_failed_rollouts_and_unranked_candidates(tmp_path):
+    from training.pipeline.stages import build_datasets
+
+    counts = {"attempted": 3, "succeeded": 1, "failed": 2, "failures": {"policy_failed": 2}}
+    ranked = {"attempted": 3, "succeeded": 3, "failed": 0, "failures": {}}
+    turn = {
+        "history": [U1],
+        "candidates": [
+            {"candidate": "a", "mr": None, "rollout_counts": counts},
+            {"candidate": "b", "mr": 0.5, "rollout_counts": ranked},
+        ],
+    }
+    folder = tmp_path / "conversations"
+    folder.mkdir()
+    for task_id, ended in (("t1", "terminated"), ("t2", "user_failed")):
+        conv = _conv([turn]) | {"task_id": task_id, "ended": ended, "settings": {}}
+        (folder / f"{task_id}.json").write_text(json.dumps(conv))
+    build_datasets(tmp_path, min_gap=0.0)
+    card = (tmp_path / "data" / "dpo" / "README.md").read_text()
+    failures = json.loads(card.split("```json\n")[1].split("\n```")[0])["reward_failures"]
+    assert failures == {
+        "conversations_ended": {"terminated": 1, "user_failed": 1},
+        "candidates": 4,
+        "unranked_candidates": 2,
+        "rollouts": {
+            "attempted": 12,
+            "succeeded": 8,
+            "failed": 4,
+            "failures": {"policy_failed": 4},
+        },
+    }

@@ -107,7 +107,9 @@ async def test_the_in_flight_bound_is_respected(scripted, doc_task):
     assert scripted.stats.max_in_flight == 2
 
 
-async def test_a_failing_policy_server_is_recorded_per_rollout(scripted, doc_task):
+async def test_a_failing_policy_server_fails_the_rollouts_and_leaves_the_candidate_unranked(
+    scripted, doc_task
+):
     def policy(body):
         return "!500"
 
@@ -116,12 +118,108 @@ async def test_a_failing_policy_server_is_recorded_per_rollout(scripted, doc_tas
     )
     sampling = SamplingSettings(window=2, samples=2, candidates=1)
     history = [{"role": "user", "content": "hi"}]
+    rt = Runtime(8)
+    [score] = await score_candidates(
+        rt, scripted_roles(scripted), doc_task, history, [DOC], sampling, RewardSettings()
+    )
+    assert all(r.failure == "policy_failed" for r in score.rollouts)
+    assert all("server_error" in (r.error or "") for r in score.rollouts)
+    # Not scored on what was sampled before the failure: a cut-short future is not an ending.
+    assert score.mr is None and "0 of 2 rollouts succeeded" in (score.unranked or "")
+    assert score.counts == {
+        "attempted": 2,
+        "succeeded": 0,
+        "failed": 2,
+        "failures": {"policy_failed": 2},
+    }
+    assert "judge" not in rt.stats.by_role and "extractor" not in rt.stats.by_role
+
+
+def _failing_first(times: int, then: str):
+    """A user simulator whose server fails its first `times` calls."""
+    calls = iter(range(10_000))
+    return lambda body: "!500" if next(calls) < times else then
+
+
+async def test_a_failed_user_simulator_is_a_failure_left_out_of_the_mean(scripted, doc_task):
+    # The policy's "sure" scores about 0 on the task; the candidate alone (what a failed rollout
+    # has as its future) would score 1: the mean shows whether a failure was scored.
+    scripted.responder = responder(
+        user=_failing_first(1, user_says("more detail please")),
+        policy="sure",
+        extractor=_last_assistant,
+        judge=JUDGE_4,
+    )
+    sampling = SamplingSettings(window=1, samples=3, candidates=1, user_retries=0)
+    history = [{"role": "user", "content": "write me a compost note"}]
     [score] = await score_candidates(
         Runtime(8), scripted_roles(scripted), doc_task, history, [DOC], sampling, RewardSettings()
     )
-    assert all("server_error" in (r.error or "") for r in score.rollouts)
-    assert score.mr is not None  # scored on what was sampled before the failure
-    assert score.means["task"] == pytest.approx(1.0)
+    [failed] = [r for r in score.rollouts if r.failed]
+    assert failed.failure == "user_failed" and not failed.terminated
+    assert "server_error" in (failed.error or "")
+    assert score.counts["succeeded"] == 2 and score.counts["failures"] == {"user_failed": 1}
+    assert score.means["task"] is not None and score.means["task"] < 0.5
+    assert score.mr is not None and score.unranked is None
+    record = score.record(RewardSettings())
+    assert record["rollout_counts"] == score.counts and record["rollouts"][0]["failure"] in (
+        None,
+        "user_failed",
+    )
+
+
+async def test_a_simulated_user_who_ends_the_chat_is_an_ending_and_is_scored(scripted, doc_task):
+    scripted.responder = responder(
+        user=user_says("perfect, thanks [[TERMINATE CHAT]]"),
+        policy="sure",
+        extractor=_last_assistant,
+        judge=JUDGE_4,
+    )
+    sampling = SamplingSettings(window=2, samples=2, candidates=1)
+    history = [{"role": "user", "content": "write me a compost note"}]
+    [score] = await score_candidates(
+        Runtime(8), scripted_roles(scripted), doc_task, history, [DOC], sampling, RewardSettings()
+    )
+    assert all(r.terminated and not r.failed for r in score.rollouts)
+    assert score.counts["failed"] == 0 and score.means["task"] == pytest.approx(1.0)
+    assert score.mr is not None
+
+
+async def test_a_candidate_with_too_few_successful_rollouts_is_not_ranked(scripted, doc_task):
+    scripted.responder = responder(
+        user=_failing_first(2, user_says("ok")), policy="sure", extractor=_last_assistant,
+        judge=JUDGE_4,
+    )  # fmt: skip
+    sampling = SamplingSettings(window=1, samples=3, candidates=1, user_retries=0)
+    assert sampling.min_successful() == 2  # half of S, rounded up
+    history = [{"role": "user", "content": "hi"}]
+    [score] = await score_candidates(
+        Runtime(8), scripted_roles(scripted), doc_task, history, [DOC], sampling, RewardSettings()
+    )
+    assert score.counts["succeeded"] == 1 and score.mr is None
+    assert "1 of 3 rollouts succeeded; 2 needed" == score.unranked
+
+
+def test_failed_rollouts_are_left_out_of_every_term():
+    broken = _rollout(1.0, 0.0, 1.0)
+    broken.fail("policy_failed", "server_error: HTTP 500")
+    score = combine("c", [broken, _rollout(0.2, 0.1, 0.5)], RewardSettings(), min_successful=1)
+    assert score.means == {"task": 0.2, "penalty": 0.1, "interactivity": 0.5}
+    assert score.counts["failed"] == 1
+
+
+def test_the_successful_rollout_minimum_must_fit_the_samples():
+    with pytest.raises(ValueError, match="min_successful_rollouts"):
+        SamplingSettings(samples=3, min_successful_rollouts=4)
+    assert SamplingSettings(samples=4).min_successful() == 2
+
+
+async def test_a_user_simulator_that_fails_at_the_start_is_not_a_finished_chat(scripted, doc_task):
+    scripted.responder = responder(user="!500", policy="sure", extractor=_last_assistant)
+    conv = await collect_conversation(
+        Runtime(8), scripted_roles(scripted), doc_task, SamplingSettings(), RewardSettings()
+    )
+    assert conv.ended == "user_failed" and conv.messages == []
 
 
 async def test_the_chosen_path_follows_the_best_candidate(scripted, doc_task):

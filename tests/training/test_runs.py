@@ -130,6 +130,9 @@ def test_collection_and_datasets_run_and_the_next_stage_is_queued(
     assert status == S.SUCCEEDED, collect.error
     assert (collect.done, collect.total, collect.result["failed_calls"]) == (2, 2, 0)
     assert "collecting 2 conversations" in collect.log
+    rollouts = collect.result["rollouts"]
+    assert rollouts["attempted"] == rollouts["succeeded"] > 0 and rollouts["failed"] == 0
+    assert collect.result["unranked_candidates"] == 0
     assert _stage(run, "build_data").status == S.QUEUED and len(queued) == 1
     with django_capture_on_commit_callbacks():
         assert runs.stage_execute(stage_id=_stage(run, "build_data").pk) == S.SUCCEEDED

@@ -27,6 +27,7 @@ async def test_the_terminate_marker_ends_the_chat(scripted, doc_task):
     scripted.script = [user_says(f"thanks, that's it {TERMINATE}")]
     turn = await _simulate(scripted, doc_task)
     assert turn.terminated and turn.text == "thanks, that's it"
+    assert not turn.failed  # the user finished: an ending, not a failure
 
 
 async def test_unreadable_output_is_retried_within_the_budget(scripted, doc_task):
@@ -44,19 +45,20 @@ async def test_plain_text_is_taken_as_the_message_after_the_budget(scripted, doc
         False,
         3,
     )
+    assert not turn.failed  # plain text is still the user's message
 
 
 async def test_json_without_a_response_ends_the_chat_with_a_recorded_fallback(scripted, doc_task):
     scripted.script = [json.dumps({"thought": "hmm"})] * 2
     turn = await _simulate(scripted, doc_task, retries=1)
     assert (turn.terminated, turn.fallback, turn.attempts) == (True, "terminate", 2)
-    assert turn.error == "unreadable simulator output"
+    assert turn.error == "unreadable simulator output" and turn.failed
 
 
-async def test_a_failing_server_ends_the_chat_instead_of_raising(scripted, doc_task):
+async def test_a_failing_server_ends_the_chat_as_a_failure_instead_of_raising(scripted, doc_task):
     scripted.script = ["!500"] * 3
     turn = await _simulate(scripted, doc_task)
-    assert turn.terminated and turn.fallback == "terminate"
+    assert turn.terminated and turn.fallback == "terminate" and turn.failed
     assert "server_error" in (turn.error or "")
     assert scripted.stats.chat_requests == 3
 

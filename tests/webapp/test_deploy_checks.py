@@ -4,7 +4,9 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 from channels.routing import ProtocolTypeRouter
+from django.conf import settings
 from django.core.checks import run_checks
 from django.test import override_settings
 
@@ -25,6 +27,17 @@ GOOD = {
 }
 
 bare_websocket_app = ProtocolTypeRouter({"websocket": SimpleNamespace()})
+
+
+@pytest.fixture(autouse=True)
+def _pooled_database(monkeypatch):
+    """The shipped connection settings (the test run itself uses plain connections); no test
+    here opens a connection, so no pool is ever made."""
+    default = settings.DATABASES["default"]
+    monkeypatch.setitem(default, "OPTIONS", {**default.get("OPTIONS", {}), "pool": True})
+    monkeypatch.setitem(default, "CONN_MAX_AGE", 0)
+    monkeypatch.setitem(default, "CONN_HEALTH_CHECKS", True)
+    return default
 
 
 def ids(**overrides) -> set[str]:
@@ -110,6 +123,21 @@ def test_it_warns_about_a_short_metrics_token():
 
 def test_it_warns_about_eager_celery_tasks():
     assert "collabllm.W011" in ids(CELERY_TASK_ALWAYS_EAGER=True)
+
+
+def test_it_warns_about_unpooled_database_connections(_pooled_database):
+    del _pooled_database["OPTIONS"]["pool"]
+    assert "collabllm.W020" in ids()
+
+
+def test_it_warns_about_persistent_database_connections(_pooled_database):
+    _pooled_database["CONN_MAX_AGE"] = 60
+    assert "collabllm.W020" in ids()
+
+
+def test_it_warns_when_database_connections_are_not_health_checked(_pooled_database):
+    _pooled_database["CONN_HEALTH_CHECKS"] = False
+    assert ids() == {"collabllm.W021"}
 
 
 def test_the_checks_run_only_with_deploy():

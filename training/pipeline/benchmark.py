@@ -83,6 +83,8 @@ async def run_conversation(
     messages: list[dict[str, str]] = []
     for _ in range(sampling.max_turns):
         turn = await simulate_user(rt, user, task, messages, retries=sampling.user_retries)
+        if turn.failed:
+            return messages, "user_failed"
         if turn.terminated:
             return messages, "terminated"
         messages.append({"role": "user", "content": turn.text})
@@ -111,7 +113,11 @@ async def run_benchmark(
         arm_roles = Roles(
             policy=arm.role, user=roles.user, judge=roles.judge, extractor=roles.extractor
         )
-        if any(m["role"] == "assistant" for m in messages):
+        if ended == "user_failed" or ended.startswith("policy_failed"):
+            # A chat cut short by a failing server is a failure, not a shorter chat: scoring it
+            # would favour the arm whose chats break off early and cheaply.
+            terms = Components(errors={"chat": f"the chat failed ({ended})"})
+        elif any(m["role"] == "assistant" for m in messages):
             terms = await score_conversation(rt, arm_roles, task, messages, reward)
         else:
             # The simulated user left before the arm said anything: nothing of the arm to score.

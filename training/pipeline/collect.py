@@ -25,7 +25,8 @@ class CollectedConversation:
     kind: str
     messages: Messages = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
-    ended: str = "max_turns"  # "terminated", "max_turns", "no_scored_candidate", "policy_failed"
+    # "terminated", "max_turns", "no_scored_candidate", "policy_failed", "user_failed"
+    ended: str = "max_turns"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -48,8 +49,9 @@ async def _candidates(
 
 
 def _next_user_message(best: CandidateScore) -> tuple[str | None, bool]:
-    """The first forward sample's user message after the chosen candidate, and whether it ended."""
-    for rollout in best.rollouts:
+    """The first successful forward sample's user message after the chosen candidate, and whether
+    it ended (a failed rollout's future is not the user's)."""
+    for rollout in (r for r in best.rollouts if not r.failed):
         if rollout.terminated and not rollout.future:
             return None, True
         if rollout.future and rollout.future[0]["role"] == "user":
@@ -64,7 +66,7 @@ async def collect_conversation(
     out = CollectedConversation(task.id, task.kind)
     first = await simulate_user(rt, roles.user, task, [], retries=sampling.user_retries)
     if first.terminated:
-        out.ended = "terminated"
+        out.ended = "user_failed" if first.failed else "terminated"
         return out
     out.messages.append({"role": "user", "content": first.text})
     for turn_index in range(sampling.max_turns):
@@ -91,6 +93,9 @@ async def collect_conversation(
             turn = await simulate_user(
                 rt, roles.user, task, out.messages, retries=sampling.user_retries
             )
+            if turn.failed:
+                out.ended = "user_failed"
+                break
             text, ended = (None, True) if turn.terminated else (turn.text, False)
         if ended or text is None:
             out.ended = "terminated"

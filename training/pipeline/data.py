@@ -8,6 +8,7 @@ kept only when the MR gap is at least min_gap.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,29 @@ def dpo_rows(
                 }
             )
     return rows
+
+
+def reward_failures(conversations: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """How the collection went: conversation endings, failed rollouts and unranked candidates."""
+    ended: Counter[str] = Counter()
+    rollouts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    candidates = unranked = 0
+    for conv in conversations:
+        ended[conv.get("ended", "unknown")] += 1
+        for turn in conv["turns"]:
+            for candidate in turn["candidates"]:
+                candidates += 1
+                unranked += candidate["mr"] is None
+                counts = candidate.get("rollout_counts") or {}
+                rollouts.update({k: counts.get(k, 0) for k in ("attempted", "succeeded", "failed")})
+                reasons.update(counts.get("failures", {}))
+    return {
+        "conversations_ended": dict(sorted(ended.items())),
+        "candidates": candidates,
+        "unranked_candidates": unranked,
+        "rollouts": {**rollouts, "failures": dict(sorted(reasons.items()))},
+    }
 
 
 def prompt_rows(conversations: Iterable[Mapping[str, Any]], system_prompt: str = "") -> list[dict]:

@@ -6,6 +6,7 @@ run's outputs (`as_record`), so a result always says which choice produced it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -80,6 +81,9 @@ class SamplingSettings:
     max_in_flight: int = 32  # model calls in flight at once across all rollouts of a step
     user_retries: int = 2  # extra attempts when the simulator's JSON cannot be read
     candidate_temperature: float = 0.8
+    # A candidate needs this many rollouts that did not fail (a model server error, a simulator
+    # that could not be read) to be ranked; None: half of samples, rounded up.
+    min_successful_rollouts: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("window", "samples", "candidates", "max_turns", "max_in_flight"):
@@ -87,6 +91,15 @@ class SamplingSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.user_retries < 0:
             raise ValueError("user_retries must be 0 or more")
+        least = self.min_successful_rollouts
+        if least is not None and not 1 <= least <= self.samples:
+            raise ValueError(f"min_successful_rollouts must be 1 to samples, got {least}")
+
+    def min_successful(self) -> int:
+        """Successful rollouts a candidate needs to be ranked."""
+        if self.min_successful_rollouts is not None:
+            return self.min_successful_rollouts
+        return math.ceil(self.samples / 2)
 
 
 def role_from(config: dict[str, Any], defaults: dict[str, Any] | None = None) -> Role:

@@ -58,6 +58,15 @@ class UserTurn:
     fallback: Fallback | None = None
     error: str | None = None
 
+    @property
+    def failed(self) -> bool:
+        """The simulator broke (server error or unreadable after retries), so the chat ended.
+
+        A simulated user who writes the terminate marker has finished: that is an ending, not a
+        failure, and a raw_text fallback is still a message.
+        """
+        return self.fallback == "terminate"
+
 
 def persona_for(task: Task) -> str:
     """A stable persona per task (from its metadata, else picked by its id)."""
@@ -100,7 +109,8 @@ async def simulate_user(
 
     Fallback rule: after the retry budget, plain non-JSON text is taken as the message itself
     ("raw_text"); anything else (JSON without a response, a failing server) ends the chat
-    ("terminate"), so a conversation never continues on an invented message.
+    ("terminate"), so a conversation never continues on an invented message. That ending is a
+    failure (UserTurn.failed), never scored as if the user had finished.
     """
     messages = _user_messages(task, conversation)
     last_text, error = "", None

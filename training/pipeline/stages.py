@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from training.pipeline.collect import collect_conversation
-from training.pipeline.data import dpo_rows, prompt_rows, save_dataset, sft_rows
+from training.pipeline.data import (
+    dpo_rows,
+    prompt_rows,
+    reward_failures,
+    save_dataset,
+    sft_rows,
+)
 from training.pipeline.llm import CallStats, Runtime
 from training.pipeline.mr import score_candidates
 from training.pipeline.progress import Progress, run_reporting
@@ -95,7 +101,12 @@ def build_datasets(run_dir: Path, *, min_gap: float, system_prompt: str = "") ->
     """SFT, DPO and online-DPO prompt datasets from the collected conversations; row counts."""
     conversations = load_conversations(run_dir)
     settings = conversations[0]["settings"] if conversations else {}
-    card = {"conversations": len(conversations), "min_mr_gap": min_gap, **settings}
+    card = {
+        "conversations": len(conversations),
+        "min_mr_gap": min_gap,
+        **settings,
+        "reward_failures": reward_failures(conversations),
+    }
     counts = {}
     for name, rows in (
         ("sft", sft_rows(conversations, system_prompt)),

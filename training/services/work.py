@@ -72,12 +72,20 @@ def collect(run: TrainingRun, stage: TrainingStage, reporter: Reporter) -> dict[
         on_progress=reporter.progress,
     )
     reporter.log(f"{stats.calls} model calls, {stats.failures} failed")
+    # Failed rollouts are left out of MR; how many, and how many candidates went unranked, say
+    # whether the servers were healthy enough for the data to mean anything.
+    failures = pipeline.reward_failures(pipeline.load_conversations(run_dir(run)))
+    reporter.log(
+        f"rollouts {failures['rollouts']}, {failures['unranked_candidates']} of "
+        f"{failures['candidates']} candidates unranked, endings {failures['conversations_ended']}"
+    )
     return {
         "conversations": len(tasks),
         "calls": stats.calls,
         "failed_calls": stats.failures,
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
+        **failures,
     }
 
 

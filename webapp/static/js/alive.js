@@ -5,6 +5,9 @@
   "use strict";
   const url = document.body.dataset.aliveUrl;
   if (!url || document.getElementById("chat")) return;
+  // A participant page other than the chat is before it (nothing drafted yet) or after it (final
+  // step, done, ended), where the chat's unsent draft is of no more use: forget it.
+  if (document.body.dataset.draftKey) localStorage.removeItem(document.body.dataset.draftKey);
   // The same CSRF header htmx sends (set on <body> by base.html).
   const token = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
   let lastInput = Date.now();

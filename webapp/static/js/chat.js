@@ -14,15 +14,38 @@
   const rating = $("rating"), finish = $("finish"), alerts = $("alerts");
   const connection = $("connection"), progress = $("progress"), announcer = $("announcer");
   const clock = $("clock"), counter = $("char-count");
-  const draftKey = "draft:" + root.dataset.slug;
+  // The unsent draft, per participant (an opaque key from the server), as {text, key}: key is the
+  // idempotency key of a message sent but not yet acknowledged, so a reload resends it as the
+  // same message and the server stores it once.
+  const draftKey = document.body.dataset.draftKey;
   const heartbeatMs = 1000 * Number(root.dataset.heartbeat || 15);
   const bubbles = new Map(); // message id -> {el, text, status}
   let socket = null, retryDelay = 500, pending = null, ratingDue = null, streaming = false;
   let lastInput = Date.now(), lastFrame = Date.now(), announced = new Map();
   let minChars = 0, deadline = null, warningMs = 0, warned = false, timeUp = false;
 
-  textarea.value = localStorage.getItem(draftKey) || "";
-  textarea.addEventListener("input", () => localStorage.setItem(draftKey, textarea.value));
+  function loadDraft() {
+    let draft = null;
+    try { draft = JSON.parse(localStorage.getItem(draftKey)); } catch (e) { draft = null; }
+    if (!draft || typeof draft.text !== "string") return;
+    textarea.value = draft.text;
+    if (typeof draft.key === "string" && draft.text.trim()) {
+      pending = { type: "send", text: draft.text.trim(), key: draft.key };
+    }
+  }
+
+  function saveDraft() {
+    if (!draftKey) return;
+    const text = textarea.value;
+    if (!text && !pending) { localStorage.removeItem(draftKey); return; }
+    const key = pending && text.trim() === pending.text ? pending.key : null;
+    localStorage.setItem(draftKey, JSON.stringify({ text: text, key: key }));
+  }
+
+  function clearDraft() { if (draftKey) localStorage.removeItem(draftKey); }
+
+  if (draftKey) loadDraft();
+  textarea.addEventListener("input", saveDraft);
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
@@ -175,7 +198,7 @@
       last = f;
       setControls(f);
     } else if (f.type === "ack") {
-      if (pending && pending.key === f.key) { pending = null; textarea.value = ""; localStorage.removeItem(draftKey); }
+      if (pending && pending.key === f.key) { pending = null; textarea.value = ""; clearDraft(); }
       render(f.message);
     } else if (f.type === "started") {
       if (f.user) render(f.user);
@@ -221,7 +244,7 @@
       send({ type: "sync" });
     } else if (f.type === "error") {
       alerts.textContent = f.message;
-      if (pending && f.key === pending.key) pending = null; // refused: the draft stays in the box
+      if (pending && f.key === pending.key) { pending = null; saveDraft(); } // refused: kept in the box
     }
   }
 
@@ -234,6 +257,7 @@
       return;
     }
     pending = { type: "send", text: text, key: crypto.randomUUID() };
+    saveDraft();
     send(pending);
   });
   textarea.addEventListener("input", updateCount);
