@@ -116,6 +116,11 @@ class Platform:
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "WHITENOISE_USE_FINDERS": "true",
             "SITE_URL": f"http://127.0.0.1:{ports[0]}",
+            # The database connection settings production ships (docker/production.env.example).
+            "DATABASE_POOL": "true",
+            "DATABASE_POOL_MAX_SIZE": "10",
+            "DATABASE_CONN_MAX_AGE": "0",
+            "DATABASE_CONN_HEALTH_CHECKS": "true",
             "CHAT_TURNS_PER_MINUTE": "1000",
             "CHAT_CHECKPOINT_INTERVAL": str(c.checkpoint_interval),
             "CHAT_STALE_STREAM_SECONDS": str(c.stale_seconds),
