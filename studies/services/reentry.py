@@ -17,7 +17,9 @@ id and per client address; each re-bind and each refused code writes an Event.
 import hashlib
 import logging
 import secrets
+from datetime import datetime
 from functools import cache
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -39,6 +41,10 @@ HASH_SALT = "studies.reentry.resume_code"
 ATTEMPT_LIMIT = 5
 ATTEMPT_WINDOW_SECONDS = 15 * 60
 KEY_PREFIX = "collabllm:entry"
+# Link parameters (and the attempt key holding one) that prove who a participant is: credentials,
+# so they are kept only on the participant's row, never in event payloads or exports.
+TOKEN_PARAMS = ("SESSION_ID", "assignmentId")
+TOKEN_KEYS = frozenset({*TOKEN_PARAMS, "session_id"})
 
 
 def resume_code_new() -> str:
@@ -72,6 +78,25 @@ def resume_code_matches(participant: Participant, code: str) -> bool:
         constant_time_compare(resume_code_hash(participant, code, secret), stored)
         for secret in secrets_in_use
     )
+
+
+def link_token(params: dict[str, str]) -> str:
+    """The platform's per-attempt token the link carries ('' when none)."""
+    return next((params[k] for k in TOKEN_PARAMS if params.get(k)), "")
+
+
+def without_tokens(value: Any) -> Any:
+    """`value` (an event payload) with every platform token left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_tokens(v) for k, v in value.items() if k not in TOKEN_KEYS}
+    if isinstance(value, list):
+        return [without_tokens(v) for v in value]
+    return value
+
+
+def attempt_new(params: dict[str, str], now: datetime) -> dict[str, str]:
+    """One entry of Participant.attempts: the link's Prolific SESSION_ID and when it came."""
+    return {"session_id": params.get("SESSION_ID", ""), "at": now.isoformat()}
 
 
 def entry_token(participant: Participant, params: dict[str, str]) -> str | None:
@@ -150,15 +175,14 @@ def participant_record_attempt(*, participant: Participant, params: dict[str, st
         locked = Participant.objects.select_for_update().get(pk=participant.pk)
         if any(a.get("session_id") == session_id for a in locked.attempts):
             return None
-        attempt = {"session_id": session_id, "at": timezone.now().isoformat()}
-        locked.attempts = [*locked.attempts, attempt]
+        locked.attempts = [*locked.attempts, attempt_new(params, timezone.now())]
         locked.save(update_fields=["attempts"])
         participant.attempts = locked.attempts
         event_record(
             study_id=locked.study_id,
             participant_id=locked.pk,
             kind="study.participant.reentered",
-            payload={"session_id": session_id, "attempt": len(locked.attempts)},
+            payload={"attempt": len(locked.attempts)},
         )
     return len(locked.attempts)
 
