@@ -346,7 +346,7 @@ async def _write_final(reply: RunningReply, fields: dict) -> dict | None:
             log.warning("held reply %s still not stored", reply.message_id, exc_info=True)
             continue
         with contextlib.suppress(RedisError):
-            await asyncio.to_thread(inflight.held_drop, reply.message_id)
+            await asyncio.to_thread(inflight.held_drop, reply.message_id, reply.participant_id)
         return frame
 
 
