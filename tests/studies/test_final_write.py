@@ -218,3 +218,26 @@ async def test_a_channel_layer_blip_on_the_started_frame_keeps_the_socket(fake_m
     _, reply = await messages_of(participant)
     assert reply.status == "complete" and reply.content == frames[-1]["message"]["text"]
     await comm.disconnect()
+
+
+async def test_a_channel_layer_blip_on_the_rated_frame_keeps_the_socket(fake_model, monkeypatch):
+    _, comm = await open_chat(fake_model.base_url, rating_every=1)
+    await send_turn(comm)
+    assert (await frames_until(comm, {"complete"}))[-1]["rating_due"] == 1
+    await settled()
+    layer, failed = get_channel_layer(), []
+    real_send = layer.group_send
+
+    async def flaky(group, message):
+        if message.get("frame") == "rated" and not failed:
+            failed.append(message)
+            raise RedisConnectionError("Redis blinked")
+        await real_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", flaky)
+    await comm.send_json_to({"type": "rating", "after_turn": 1, "score": 8})
+    state = (await frames_until(comm, {"state"}))[-1]
+    assert failed and state["rating_due"] is None and state["status"] == "chatting"
+    await comm.send_json_to({"type": "sync"})  # the socket is still open and answering
+    assert (await frames_until(comm, {"state"}))[-1]["status"] == "chatting"
+    await comm.disconnect()
