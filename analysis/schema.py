@@ -163,7 +163,7 @@ EVENTS = Table(
         _c("event_id", "int", "Event row id."),
         PARTICIPANT_ID,
         _c("kind", "string", "Dotted event kind, e.g. study.turn.completed."),
-        _c("payload", "json", "Event details (JSON)."),
+        _c("payload", "json", "Event details (JSON; platform tokens such as SESSION_ID left out)."),
         _c("created_at", "datetime", "When it happened (UTC)."),
     ),
 )

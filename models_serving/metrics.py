@@ -51,7 +51,8 @@ chat_turns_total = Counter(
 relay_errors_total = Counter(
     "collabllm_relay_errors_total",
     "Failed steps of a running reply's relay, retried with backoff, by step "
-    "(publish, checkpoint, liveness, final_write, hold).",
+    "(publish, checkpoint, liveness, final_write, hold; final_write_gave_up: a finished "
+    "reply no longer retried after CHAT_HOLD_SECONDS).",
     ["step"],
 )
 relay_restarts_total = Counter(

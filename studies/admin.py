@@ -1,5 +1,7 @@
 """Researcher admin: studies with arms and tasks inline; participants with their full transcript."""
 
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME, ActionForm
@@ -21,7 +23,15 @@ from studies.models import (
     StudyVersion,
     Task,
 )
-from studies.services import assignment, exclusions, lifecycle, outcomes, reports, versions
+from studies.services import (
+    assignment,
+    exclusions,
+    lifecycle,
+    outcomes,
+    reentry,
+    reports,
+    versions,
+)
 from studies.services.endpoints import TrafficSummary, endpoint_traffic, endpoints_with_traffic
 from studies.services.errors import StudyActionError
 
@@ -29,6 +39,9 @@ from studies.services.errors import StudyActionError
 RUN_STUDY = "studies.run_study"
 VIEW_TRANSCRIPTS = "studies.view_transcripts"
 TRANSCRIPT_FIELDS = ("intent", "transcript", "final")
+# The link's platform tokens live here, and a token rebinds a browser to the participant
+# (studies.services.reentry): shown only to roles that may read what participants wrote.
+CREDENTIAL_FIELDS = ("recruiting_params", "attempts")
 
 
 class ConditionInline(admin.TabularInline):
@@ -372,12 +385,17 @@ class ModelEndpointAdmin(admin.ModelAdmin):
 class EventInline(admin.TabularInline):
     model = Event
     extra = 0
-    fields = ["created_at", "kind", "payload"]
+    fields = ["created_at", "kind", "details"]
     readonly_fields = fields
     can_delete = False
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="payload")
+    def details(self, obj: Event) -> str:
+        # Events written before payloads left platform tokens out may still hold one.
+        return json.dumps(reentry.without_tokens(obj.payload), ensure_ascii=False, sort_keys=True)
 
 
 class ReasonActionForm(ActionForm):
@@ -495,10 +513,11 @@ class ParticipantAdmin(admin.ModelAdmin):
         return super().get_queryset(request).select_related("study", "condition", "task")
 
     def get_fields(self, request, obj=None):
-        # What participants wrote is shown only to roles that may read transcripts.
+        # What participants wrote, and what proves who they are, only for transcript readers.
         if request.user.has_perm(VIEW_TRANSCRIPTS):
             return self.fields
-        return [f for f in self.fields if f not in TRANSCRIPT_FIELDS]
+        hidden = {*TRANSCRIPT_FIELDS, *CREDENTIAL_FIELDS}
+        return [f for f in self.fields if f not in hidden]
 
     def has_run_permission(self, request) -> bool:
         return request.user.has_perm(RUN_STUDY)

@@ -82,7 +82,10 @@ def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
         "opts": model_admin.opts,
         "title": f"Monitor: {study.title}",
         "preview_link": request.build_absolute_uri(access_link(study, "preview")),
-        "pilot_link": request.build_absolute_uri(access_link(study, "pilot")),
+        # A pilot link makes pilot participants, which only roles that run a study may do.
+        "pilot_link": (
+            request.build_absolute_uri(access_link(study, "pilot")) if context["can_change"] else ""
+        ),
         "pilot_form": PilotForm(),
     }
     return render(request, "admin/studies/monitor.html", context)

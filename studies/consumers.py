@@ -9,7 +9,7 @@ from django.conf import settings
 
 from studies import selectors
 from studies.ratelimit import CLOSE_CODE, FrameLimiter, Verdict
-from studies.services import activity, generation, turns
+from studies.services import activity, generation, relay, turns
 from studies.services.errors import StudyActionError
 from studies.sessions import CHAT_STATUSES, session_participant_id
 
@@ -112,8 +112,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self._announce(reply, user=None)
 
     async def _announce(self, reply, *, user: dict | None) -> None:
+        # Supervised publish: a Redis blip costs a frame (the page heals on sync), not the socket.
         frame = {"frame": "started", "message": selectors.message_frame(reply), "user": user}
-        await self.channel_layer.group_send(self.group, {"type": "chat.frame", **frame})
+        await relay.publish(self.participant_id, frame)
 
     async def _rating(self, content: dict) -> None:
         after, score = content.get("after_turn"), content.get("score")
@@ -122,7 +123,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await database_sync_to_async(turns.rating_record)(
             participant_id=self.participant_id, after_turn=after, score=score
         )
-        await self.channel_layer.group_send(self.group, {"type": "chat.frame", "frame": "rated"})
+        await relay.publish(self.participant_id, {"frame": "rated"})
         await self.send_json(await self._state())
 
     async def _presence(self, content: dict) -> None:

@@ -15,6 +15,14 @@ def _key(slug: str) -> str:
     return f"participant:{slug}"
 
 
+def _code_key(slug: str) -> str:
+    return f"resume_code:{slug}"
+
+
+def _reentry_key(slug: str) -> str:
+    return f"reentry:{slug}"
+
+
 def session_participant_id(
     session, slug: str, *, statuses: Iterable[str] | None = None
 ) -> int | None:
@@ -34,33 +42,34 @@ def session_bind(request, slug: str, participant_id: int) -> None:
         request.session.cycle_key()
         request.session[_key(slug)] = participant_id
         # Another participant's resume code must never show on this one's pages.
-        request.session.pop(f"resume_code:{slug}", None)
+        request.session.pop(_code_key(slug), None)
     session_drop_reentry(request.session, slug)
 
 
 def session_remember_code(session, slug: str, code: str) -> None:
     """Keep the participant's resume code in their own session so their pages can show it."""
-    session[f"resume_code:{slug}"] = code
+    session[_code_key(slug)] = code
 
 
 def session_resume_code(session, slug: str) -> str:
     """The resume code this session was shown or entered for the study ('' when none)."""
-    code = session.get(f"resume_code:{slug}", "")
+    code = session.get(_code_key(slug), "")
     return code if isinstance(code, str) else ""
 
 
 def session_hold_reentry(session, slug: str, participant_id: int, params: dict[str, str]) -> None:
     """Remember, server-side, whom this session asks to continue as until it proves it."""
-    session[f"reentry:{slug}"] = {"participant": participant_id, "params": params}
+    session[_reentry_key(slug)] = {"participant": participant_id, "params": params}
 
 
 def session_reentry(session, slug: str) -> tuple[int, dict[str, str]] | None:
     """The (participant id, link params) this session asked to continue as, if any."""
-    held = session.get(f"reentry:{slug}")
+    held = session.get(_reentry_key(slug))
     if not isinstance(held, dict) or not isinstance(held.get("participant"), int):
         return None
     return held["participant"], dict(held.get("params") or {})
 
 
 def session_drop_reentry(session, slug: str) -> None:
-    session.pop(f"reentry:{slug}", None)
+    """Forget whom this session asked to continue as."""
+    session.pop(_reentry_key(slug), None)

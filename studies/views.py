@@ -2,31 +2,20 @@
 
 from django import forms
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from studies import selectors
-from studies.models import Participant, Study
+from studies.models import Participant
+from studies.pages import closed_page, step_url, study_or_404
 from studies.services import activity, outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.services.participants import COMPREHENSION_ATTEMPTS
 from studies.services.versions import frozen_study
 from studies.sessions import session_participant_id
-
-
-def _study(slug: str) -> Study:
-    study = selectors.study_by_slug(slug)
-    if study is None:
-        raise Http404("No such study.")
-    return study
-
-
-def _step_url(participant: Participant) -> str:
-    return reverse(f"studies:{svc.participant_step(participant)}", args=[participant.study.slug])
 
 
 def _at_step(request: HttpRequest, slug: str, step: str) -> Participant | HttpResponse:
@@ -36,19 +25,13 @@ def _at_step(request: HttpRequest, slug: str, step: str) -> Participant | HttpRe
         return redirect("studies:entry", slug)
     participant = selectors.participant_for_page(pid)
     if svc.participant_step(participant) != step:
-        return redirect(_step_url(participant))
+        return redirect(step_url(participant))
     return participant
 
 
 def _moved_on(participant_id: int) -> HttpResponse:
     """A double click or a stale tab: the step was already taken, so go where they are now."""
-    return redirect(_step_url(selectors.participant_for_page(participant_id)))
-
-
-def _closed(request: HttpRequest, study: Study, message: str, status: int = 200) -> HttpResponse:
-    return render(
-        request, "studies/closed.html", {"study": study, "message": message}, status=status
-    )
+    return redirect(step_url(selectors.participant_for_page(participant_id)))
 
 
 @require_http_methods(["GET", "POST"])
@@ -58,7 +41,7 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
         return participant
     if request.method == "POST":
         if request.POST.get("choice") != "agree":
-            return _closed(
+            return closed_page(
                 request, participant.study, _("You did not consent; you may close this page.")
             )
         try:
@@ -66,7 +49,7 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
         except StudyActionError as exc:
             if exc.code == "wrong_step":
                 return _moved_on(participant.pk)
-            return _closed(request, participant.study, exc.message)
+            return closed_page(request, participant.study, exc.message)
         return redirect("studies:brief", slug)
     return render(
         request,
@@ -306,11 +289,13 @@ ENDED_MESSAGES = {
 
 @require_GET
 def closed(request: HttpRequest, slug: str) -> HttpResponse:
-    study = _study(slug)
+    study = study_or_404(slug)
     pid = session_participant_id(request.session, slug)
     participant = selectors.participant_for_page(pid) if pid is not None else None
     if participant is None or participant.outcome not in ENDED_MESSAGES:
-        return _closed(request, study, _("Your participation in this study has ended. Thank you."))
+        return closed_page(
+            request, study, _("Your participation in this study has ended. Thank you.")
+        )
     context = {
         "participant": participant,
         "study": study,

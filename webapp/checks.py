@@ -32,17 +32,19 @@ def _w(msg: str, hint: str, n: int) -> CheckWarning:
 
 @register(Tags.security, "collabllm", deploy=True)
 def check_websocket_origin(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """The websocket route must sit behind an origin validator (cross-site websocket hijacking)."""
-    from channels.security.websocket import OriginValidator
+    """The websocket route must sit behind the site's origin check (cross-site websocket
+    hijacking); channels' own validators compare host names only, not scheme and port."""
+    from webapp.origins import SiteOriginValidator
 
     application = import_string(settings.ASGI_APPLICATION)
     mapping = getattr(application, "application_mapping", {})
     websocket = mapping.get("websocket")
-    if websocket is None or isinstance(websocket, OriginValidator):
+    if websocket is None or isinstance(websocket, SiteOriginValidator):
         return []
     return [
         _w(
-            f"The websocket route of {settings.ASGI_APPLICATION} does not check the Origin header.",
+            f"The websocket route of {settings.ASGI_APPLICATION} does not check the Origin header "
+            "against the site's own origins (scheme, host and port).",
             "Wrap it in webapp.origins.SiteOriginValidator (webapp/asgi.py).",
             1,
         )

@@ -13,7 +13,7 @@ websocket, and a client that sends none is not a browser page the check protects
 
 from urllib.parse import urlsplit
 
-from channels.security.websocket import OriginValidator, WebsocketDenier
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
@@ -79,11 +79,11 @@ def origin_allowed(origin: Origin, scope: dict) -> bool:
     return False
 
 
-class SiteOriginValidator(OriginValidator):
+class SiteOriginValidator:
     """Channels middleware: deny a websocket whose Origin is not one of the site's own."""
 
     def __init__(self, application) -> None:
-        super().__init__(application, allowed_origins=[])
+        self.application = application
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "websocket":

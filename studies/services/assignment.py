@@ -33,6 +33,7 @@ from studies.services.allocation import (
 )
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
+from studies.services.reentry import TOKEN_PARAMS
 
 
 def arm_design(study: Study, conditions: Sequence[Condition], *, caps: bool = True) -> Design:
@@ -75,6 +76,9 @@ def _problems(study: Study, conditions: Sequence[Condition], doc_types: Sequence
     by = study.stratify_by
     if by not in ("", "document_type") and not (by.startswith("param:") and len(by) > 6):
         problems.append(f"Stratify by {by!r}: use blank, 'document_type' or 'param:NAME'.")
+    elif by.removeprefix("param:") in TOKEN_PARAMS:
+        # A stratum is stored and exported; a platform token is a credential (reentry).
+        problems.append(f"Stratify by {by!r}: a platform's per-attempt token is not a stratum.")
     return problems
 
 

@@ -47,6 +47,7 @@ from studies.models import (
     Study,
     TurnRating,
 )
+from studies.services import reentry
 
 FORMATS = ("parquet", "csv")
 BATCH_ROWS = 5000
@@ -273,11 +274,19 @@ def _open(fmt: str, path: Path, columns: list[schema.Column]) -> _Writer:
     return _ParquetWriter(path, columns) if fmt == "parquet" else _CsvWriter(path, columns)
 
 
+def _payload(value: Any) -> str:
+    # Platform tokens rebind a browser to a participant: never exported, raw ids or not.
+    return _dump_json(reentry.without_tokens(value))
+
+
 def _rows(source: _Source, raw_ids: bool) -> Iterator[tuple]:
     """The source's rows with every cell in its schema type (UUIDs and JSON become text)."""
+    names = [c.name for c in source.columns]
     fns = [(i, _CONVERT[c.dtype]) for i, c in enumerate(source.columns) if c.dtype in _CONVERT]
     if source.name == "participants" and not raw_ids:
-        fns.append(([c.name for c in source.columns].index("recruiting_id"), pseudonym))
+        fns.append((names.index("recruiting_id"), pseudonym))
+    if source.name == "events":
+        fns = [(i, _payload if names[i] == "payload" else fn) for i, fn in fns]
     for row in source.values().iterator(chunk_size=BATCH_ROWS):
         yield _reformat(row, fns)
 

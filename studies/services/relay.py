@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 2.0  # seconds before a hanging group_send counts as failed
 PUBLISH_BACKOFF = (0.1, 2.0)  # first and longest wait before publishing again after a failure
 CHECKPOINT_BACKOFF = (0.25, 5.0)
+RESTART_BACKOFF = (0.1, 5.0)  # waits before restarting a relay loop that crashed
 
 
 class Backoff:
@@ -76,7 +77,7 @@ async def publish(participant_id: int, frame: dict, *, tries: int = 3) -> bool:
 
 async def supervise(name: str, reply: "RunningReply", loop: Callable[[], Awaitable[None]]) -> None:
     """Run one relay loop until it returns, restarting it (with backoff) if it crashes."""
-    backoff = Backoff(0.1, 5.0)
+    backoff = Backoff(*RESTART_BACKOFF)
     while True:
         try:
             await loop()
@@ -156,13 +157,24 @@ async def liveness(reply: "RunningReply") -> None:
     every = inflight.alive_ttl() / 3
     while True:
         try:
-            await asyncio.to_thread(inflight.alive_mark, reply.message_id)
+            await _finish_in_thread(inflight.alive_mark, reply.message_id)
             wait = every
         except Exception:  # Redis away: the reaper then falls back to its longer bound
             metrics.relay_errors_total.labels("liveness").inc()
             log.warning("could not renew liveness of reply %s", reply.message_id, exc_info=True)
             wait = min(1.0, every)
         await asyncio.sleep(wait)
+
+
+async def _finish_in_thread(call: Callable[[int], None], message_id: int) -> None:
+    """to_thread, but a cancel waits for the thread: a mark must not land after the clear."""
+    mark = asyncio.ensure_future(asyncio.to_thread(call, message_id))
+    try:
+        await asyncio.shield(mark)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await mark
+        raise
 
 
 async def liveness_clear(message_id: int) -> None:

@@ -33,6 +33,8 @@ RETRYABLE = {M.FAILED, M.INTERRUPTED}
 # error_kind of a reply the reaper interrupted: its process looked dead, but if it was only
 # unreachable it may still finish, and then the reply is stored (turn_complete).
 REAPED = "stale"
+# error_kind of a reply that finished after its participant's chat had ended: kept, not counted.
+LATE = "finished_late"
 # A reply streaming for a participant who left for good, or in a closed study, is cancelled.
 GONE = {P.ABANDONED, P.RETURNED, P.TIMED_OUT, P.EXCLUDED}
 
@@ -245,7 +247,8 @@ def turn_complete(
     `held` says the reply waited in Redis for the database (recorded in the event).
 
     A reply the reaper interrupted while its process still lived is completed all the same when
-    no retry has replaced it; when one has, its text is kept on the interrupted row. Completing a
+    no retry has replaced it and its participant is still chatting; otherwise its text is kept on
+    the interrupted row (no rating opens, completed turns do not change). Completing a
     complete reply raises `already_complete` (held replies may be written twice: stored once).
     """
     now = timezone.now()
@@ -265,6 +268,8 @@ def turn_complete(
         if message.status != M.STREAMING and not reaped:
             raise StudyActionError("not_streaming", _("This reply is no longer in progress."))
         if reaped and message.superseded:
+            return _keep_late_reply(participant, message, text)
+        if participant.status not in (P.CHATTING, P.RATING_DUE):  # finished, left or excluded
             return _keep_late_reply(participant, message, text)
         message.content = text
         message.status = M.COMPLETE
@@ -305,14 +310,23 @@ def turn_complete(
 
 
 def _keep_late_reply(participant: Participant, message: Message, text: str) -> TurnOutcome:
-    """Keep the text of a reaped reply that finished after a retry replaced it."""
+    """Keep the text of a reply that finished too late to count, without completing it.
+
+    Too late: a retry replaced it after the reaper ended it, or its participant is no longer
+    chatting (finished, left, excluded). A row still streaming is ended as interrupted.
+    """
     message.content = text
-    message.save(update_fields=["content", "updated_at"])
+    fields = ["content", "updated_at"]
+    if message.status == M.STREAMING:
+        message.status, message.error_kind = M.INTERRUPTED, LATE
+        message.error_detail = "The reply finished after the participant's chat had ended."
+        fields += ["status", "error_kind", "error_detail"]
+    message.save(update_fields=fields)
     event_record(
         study_id=participant.study_id,
         participant_id=participant.pk,
         kind="study.turn.late_reply_kept",
-        payload={"turn": message.turn_index, "reply": message.pk},
+        payload={"turn": message.turn_index, "reply": message.pk, "status": participant.status},
     )
     done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
     return TurnOutcome(message, None, done, superseded=True)
@@ -371,8 +385,12 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     whose checkpoints fail during a database blip is not reaped while its process lives, and one
     whose process died is reaped within about two TTLs. When Redis cannot be asked, only rows
     untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound) are reaped.
+
+    For one participant (a socket connect, on the process's one database thread) Redis is asked
+    only when the participant has a reply that could be held; the sweep (None) always drains.
     """
-    turn_store_held(participant_id=participant_id)
+    if participant_id is None or _may_hold(participant_id, running):
+        turn_store_held(participant_id=participant_id)
     now = timezone.now()
     stale = Message.objects.filter(
         status=M.STREAMING,
@@ -384,7 +402,8 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     if not rows:  # the usual case: no round trip to Redis on the database thread
         return []
     try:
-        keep = inflight.alive_among([pk for pk, _ in rows]) | set(inflight.held_ids())
+        held = inflight.held_ids(participant_id)
+        keep = inflight.alive_among([pk for pk, _ in rows]) | set(held)
     except RedisError:
         log.warning("reaper: Redis unreachable, reaping only long-silent replies", exc_info=True)
         cutoff = now - timedelta(seconds=settings.CHAT_REAP_WITHOUT_REDIS_SECONDS)
@@ -401,6 +420,16 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     return ids
 
 
+def _may_hold(participant_id: int, running: set[int]) -> bool:
+    """Whether the participant has a reply another process may have held (one indexed query)."""
+    reaped = Q(status=M.INTERRUPTED, error_kind=REAPED)
+    return (
+        Message.objects.filter(Q(status=M.STREAMING) | reaped, participant_id=participant_id)
+        .exclude(pk__in=running)
+        .exists()
+    )
+
+
 def turn_store_held(*, participant_id: int | None = None) -> list[int]:
     """Write finished replies held in Redis while the database was away (idempotent).
 
@@ -410,14 +439,12 @@ def turn_store_held(*, participant_id: int | None = None) -> list[int]:
     """
     stored = []
     try:
-        held = [(pk, inflight.held_get(pk)) for pk in inflight.held_ids()]
+        held = [(pk, inflight.held_get(pk)) for pk in inflight.held_ids(participant_id)]
     except RedisError:
         log.warning("could not read held replies from Redis", exc_info=True)
         return []
     for pk, record in held:
-        if record is None or (
-            participant_id is not None and record["participant_id"] != participant_id
-        ):
+        if record is None:
             continue
         fields = {k: v for k, v in record.items() if k != "participant_id"}
         try:
@@ -432,7 +459,7 @@ def turn_store_held(*, participant_id: int | None = None) -> list[int]:
             log.warning("database still away; held replies kept for the next sweep", exc_info=True)
             break
         with contextlib.suppress(RedisError):  # a hold left behind is dropped by the next sweep
-            inflight.held_drop(pk)
+            inflight.held_drop(pk, record["participant_id"])
     return stored
 
 

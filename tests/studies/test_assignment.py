@@ -306,6 +306,18 @@ def test_a_misconfigured_design_is_reported_and_refused():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("token", ["SESSION_ID", "assignmentId"])
+def test_stratifying_by_a_platform_token_is_refused(token):
+    # A token rebinds a browser to its participant: as a stratum it would sit in the allocation
+    # record, the event log and every export.
+    study = three_arm_study(block_size=3, stratify_by=f"param:{token}")
+    assert any(token in p for p in a.design_problems(study))
+    with pytest.raises(StudyActionError) as refused:
+        svc.participant_consent(participant_id=ParticipantFactory(study=study).pk)
+    assert refused.value.code == "misconfigured"
+
+
+@pytest.mark.django_db
 def test_a_returned_participants_slot_goes_to_the_next_arrival_once():
     study = three_arm_study(block_size=3)
     people = [consent(ParticipantFactory(study=study)) for _ in range(3)]

@@ -14,8 +14,8 @@ from django.test import Client
 from django.urls import reverse
 
 from analysis import schema
-from studies.models import Participant
-from studies.services import exports, outcomes, turns
+from studies.models import Event, Participant
+from studies.services import exports, outcomes, reentry, turns
 from studies.services import participants as svc
 from tests.factories import ParticipantFactory, three_arm_study
 from tests.studies.conftest import advance_to_chat, new_key
@@ -229,6 +229,31 @@ def test_raw_ids_are_exported_only_when_asked(world, tmp_path):
     rows = by_id(read_table(folder, "participants", "parquet")[0])
     assert rows[str(world.done[0].public_id)]["recruiting_id"] == "prolific:p0"
     assert json.loads((folder / "manifest.json").read_text())["raw_ids"] is True
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("raw_ids", [False, True])
+def test_platform_tokens_never_leave_in_an_export(tmp_path, fmt, raw_ids):
+    # A SESSION_ID or assignmentId rebinds a browser to the participant: a credential, not data.
+    study = three_arm_study()
+    tokens = {"SESSION_ID": "sess-token-1", "assignmentId": "assign-token-1"}
+    participant = advance_to_chat(ParticipantFactory(
+        study=study, external_id="prolific:p1", recruiting_source="prolific",
+        recruiting_params={"PROLIFIC_PID": "p1", **tokens},
+        attempts=[{"session_id": tokens["SESSION_ID"], "at": "2026-01-01T00:00:00+00:00"}],
+    ))  # fmt: skip
+    reentry.participant_record_attempt(participant=participant, params={"SESSION_ID": "sess-2"})
+    Event.objects.create(  # as a re-entry was recorded before payloads left the token out
+        study=study, participant=participant, kind="study.participant.reentered",
+        payload={"session_id": "sess-token-3", "attempt": 3, "params": tokens},
+    )  # fmt: skip
+    folder = exports.export_study(study, tmp_path / "o", fmt=fmt, raw_ids=raw_ids).path
+    cells = json.dumps([read_table(folder, name, fmt)[0] for name in schema.TABLES], default=str)
+    for token in [*tokens.values(), "sess-2", "sess-token-3"]:
+        assert token not in cells
+    events = read_table(folder, "events", fmt)[0]
+    reentered = [e for e in events if e["kind"] == "study.participant.reentered"]
+    assert sorted(json.loads(e["payload"])["attempt"] for e in reentered) == [2, 3]
 
 
 @pytest.mark.parametrize("include_pilot", [False, True])

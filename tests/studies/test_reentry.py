@@ -1,5 +1,6 @@
 """Re-entry from another browser: a recruiting id alone never hands over a participant's session."""
 
+import json
 import re
 
 import pytest
@@ -273,3 +274,49 @@ def test_with_redis_away_a_code_is_refused_rather_than_unlimited(settings):
     response = stranger.post(url("resume", participant.study), {"code": code})
     assert response.status_code == 503 and "cannot be checked" in response.content.decode()
     assert bound(stranger, participant.study) is None
+
+
+@pytest.mark.parametrize("source", ["prolific", "mturk"])
+def test_guessed_platform_tokens_are_rate_limited_even_before_the_right_one(source):
+    _, participant = owner_in_chat(source)
+    key = next(iter(LINKS[source][1]))
+    for i in range(reentry.ATTEMPT_LIMIT):
+        guesser = stranger_arrives(participant, source, **{key: f"guess-{i}"})
+        assert bound(guesser, participant.study) is None
+    late = Client()
+    response = late.get(url("entry", participant.study), LINKS[source][0])
+    assert response.status_code == 429 and "Too many attempts" in response.content.decode()
+    assert bound(late, participant.study) is None
+    refused = Event.objects.filter(participant=participant, kind="study.participant.resume_refused")
+    assert "limited" in {e.payload["reason"] for e in refused}
+
+
+def test_their_own_browser_is_never_counted_at_the_door():
+    owner, participant = owner_in_chat("prolific")
+    for i in range(reentry.ATTEMPT_LIMIT + 1):
+        stranger_arrives(participant, "prolific", SESSION_ID=f"guess-{i}")
+    response = owner.get(url("entry", participant.study), LINKS["prolific"][0])
+    assert response.url == url("chat", participant.study)
+    assert bound(owner, participant.study) == participant.pk
+
+
+def test_with_redis_away_a_platform_token_is_refused_rather_than_unlimited(settings):
+    _, participant = owner_in_chat("prolific")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    again = Client()
+    response = again.get(url("entry", participant.study), LINKS["prolific"][0])
+    assert response.status_code == 503 and "cannot be checked" in response.content.decode()
+    assert bound(again, participant.study) is None
+
+
+def test_a_new_attempt_is_recorded_by_its_number_never_by_its_token():
+    owner, participant = owner_in_chat("prolific")
+    token = "sess-second-attempt-token"
+    owner.get(url("entry", participant.study), LINKS["prolific"][0] | {"SESSION_ID": token})
+    again = Client()
+    again.get(url("entry", participant.study), LINKS["prolific"][0] | {"SESSION_ID": token})
+    assert bound(again, participant.study) == participant.pk
+    reentered = Event.objects.get(participant=participant, kind="study.participant.reentered")
+    assert reentered.payload == {"attempt": 2}
+    payloads = Event.objects.filter(participant=participant).values_list("payload", flat=True)
+    assert not [p for p in payloads if token in json.dumps(p) or "s1" in p.values()]

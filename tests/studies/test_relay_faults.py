@@ -140,7 +140,7 @@ async def test_a_final_write_failing_a_few_times_is_retried_and_stored(
     fake_model, settings, monkeypatch
 ):
     backoff = (0.05, 0.05, 0.05, 0.05)
-    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", backoff, raising=False)
+    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", backoff)
     (participant,) = await make_participants([fake_model.base_url])
     comm = await chat(participant)
     calls: list = []
@@ -174,8 +174,8 @@ class Database:
 async def test_a_final_write_failing_for_good_is_held_in_redis_and_stored_once_by_the_drain(
     fake_model, monkeypatch
 ):
-    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", (0.05, 0.05), raising=False)
-    monkeypatch.setattr(generation, "HELD_BACKOFF", (0.3, 0.3), raising=False)
+    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", (0.05, 0.05))
+    monkeypatch.setattr(generation, "HELD_BACKOFF", (0.3, 0.3))
     (participant,) = await make_participants([fake_model.base_url])
     comm = await chat(participant)
     database = Database(turns.turn_complete)
@@ -228,8 +228,8 @@ async def test_a_reply_outlives_a_database_outage_from_mid_stream_to_after_its_e
     slow_fake_model, settings, monkeypatch, outage
 ):
     settings.CHAT_CHECKPOINT_INTERVAL = 0.2
-    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", (0.05, 0.1), raising=False)
-    monkeypatch.setattr(generation, "HELD_BACKOFF", (0.2, 0.2), raising=False)
+    monkeypatch.setattr(generation, "FINAL_WRITE_BACKOFF", (0.05, 0.1))
+    monkeypatch.setattr(generation, "HELD_BACKOFF", (0.2, 0.2))
     (participant,) = await make_participants([slow_fake_model.base_url], params=SLOW)
     comm = await chat(participant)
     before = counted("checkpoint")

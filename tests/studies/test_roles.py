@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from studies.models import (
     ErasureRecord,
+    Event,
     ModelEndpoint,
     Participant,
     ReportRun,
@@ -388,3 +389,57 @@ def test_each_role_runs_exactly_the_actions_it_should(
     else:  # refused: 403, or the changelist again (redirect or page) without running it
         assert response.status_code in (200, 302, 403)
         assert _snapshot() == before and not callbacks
+
+
+# --- what the pages show -------------------------------------------------------------------------
+
+PLATFORM_TOKEN = "sess-only-the-participant-has"
+
+
+def _holds_a_platform_token(w: World) -> None:
+    # The token rebinds a browser to the participant (studies.services.reentry): a credential.
+    params = {"PROLIFIC_PID": "P1", "STUDY_ID": "S", "SESSION_ID": PLATFORM_TOKEN}
+    Participant.objects.filter(pk=w.participant.pk).update(
+        recruiting_source="prolific",
+        recruiting_params=params,
+        attempts=[{"session_id": PLATFORM_TOKEN, "at": "2026-01-01T00:00:00+00:00"}],
+    )
+    Event.objects.create(  # as a re-entry was recorded before payloads left the token out
+        study=w.study,
+        participant=w.participant,
+        kind="study.participant.reentered",
+        payload={"session_id": PLATFORM_TOKEN, "attempt": 2},
+    )
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_participants_platform_token_shows_only_to_roles_that_may_read_transcripts(
+    role, world, users
+):
+    _holds_a_platform_token(world)
+    url = reverse("admin:studies_participant_change", args=[world.participant.pk])
+    page = _client(users[role]).get(url).content.decode()
+    assert (PLATFORM_TOKEN in page) == may(
+        role, ("studies.view_participant", "studies.view_transcripts")
+    )
+
+
+def test_the_event_log_shows_a_re_entry_but_not_its_token(world, users):
+    _holds_a_platform_token(world)
+    auditor = users["viewer"]
+    event_log = Permission.objects.get(codename="view_event", content_type__app_label="studies")
+    auditor.user_permissions.add(event_log)
+    url = reverse("admin:studies_participant_change", args=[world.participant.pk])
+    page = _client(auditor).get(url).content.decode()
+    assert "study.participant.reentered" in page
+    assert PLATFORM_TOKEN not in page
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_pilot_link_shows_only_to_roles_that_may_run_a_study(role, world, users):
+    url = reverse("admin:studies_study_monitor", args=[world.study.pk])
+    page = _client(users[role]).get(url).content.decode()
+    shown = 'id="pilot-link"' in page or "?pilot=" in page
+    assert shown == may(role, RUN)
+    if may(role, ("studies.view_study",)):
+        assert 'id="preview-link"' in page

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from studies.models import Event, Message
+from studies.models import Event, Message, Participant
 from studies.services import inflight, turns
 from tests.ports import free_port
 from tests.studies.conftest import complete_reply, new_key
@@ -122,3 +122,81 @@ def test_the_drain_for_one_participant_leaves_other_participants_holds(chatting,
     assert turns.turn_reap_stale(participant_id=None, running=set()) == []
     theirs.refresh_from_db()
     assert theirs.status == M.COMPLETE and theirs.content == "Theirs."
+
+
+@pytest.mark.parametrize("moved_on", ["final", "timed_out", "excluded"])
+def test_a_reaped_reply_finishing_after_the_chat_ended_is_kept_but_not_counted(chatting, moved_on):
+    reply = start_reply(chatting, silent_seconds=600)
+    assert reap(chatting) == [reply.pk]
+    Participant.objects.filter(pk=chatting.pk).update(
+        status=moved_on, chat_finished_at=timezone.now()
+    )
+    outcome = complete_reply(reply, text="The late reply.")
+    reply.refresh_from_db()
+    chatting.refresh_from_db()
+    assert outcome.superseded and outcome.rating_due_after is None
+    assert outcome.completed_turns == 0 and chatting.status == moved_on
+    assert (reply.status, reply.content) == (M.INTERRUPTED, "The late reply.")
+    kept = Event.objects.filter(kind="study.turn.late_reply_kept", payload__reply=reply.pk)
+    assert kept.count() == 1
+    assert not Event.objects.filter(kind="study.turn.completed", payload__reply=reply.pk).exists()
+
+
+def test_a_streaming_reply_finishing_after_the_participant_left_is_kept_and_ended(chatting):
+    reply = start_reply(chatting)
+    Participant.objects.filter(pk=chatting.pk).update(status="abandoned")
+    outcome = complete_reply(reply, text="Nobody is reading this.")
+    reply.refresh_from_db()
+    assert outcome.superseded and outcome.completed_turns == 0
+    assert (reply.status, reply.error_kind) == (M.INTERRUPTED, turns.LATE)
+    assert reply.content == "Nobody is reading this."
+
+
+class NoRedis:
+    """Stands in for the Redis client: any call fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"Redis was asked ({name}) though nothing could be held")
+
+
+def test_a_connect_without_a_reply_in_flight_does_not_ask_redis(chatting, monkeypatch):
+    reply = start_reply(chatting)
+    complete_reply(reply, text="Done.")
+    monkeypatch.setattr(inflight, "_redis", NoRedis)
+    assert reap(chatting) == []
+
+
+def test_the_drain_for_one_participant_reads_only_that_participants_holds(
+    chatting, study, monkeypatch
+):
+    from tests.factories import ParticipantFactory
+    from tests.studies.conftest import advance_to_chat
+
+    others = [advance_to_chat(ParticipantFactory(study=study)) for _ in range(2)]
+    theirs = [start_reply(other) for other in others]
+    for reply in theirs:
+        inflight.held_put(reply.pk, held_record(reply, "Theirs."))
+    mine = start_reply(chatting)
+    inflight.held_put(mine.pk, held_record(mine, "Mine."))
+    read: list[int] = []
+    real_get = inflight.held_get
+    monkeypatch.setattr(inflight, "held_get", lambda pk: read.append(pk) or real_get(pk))
+    assert reap(chatting) == []
+    assert read == [mine.pk]
+    mine.refresh_from_db()
+    assert mine.status == M.COMPLETE and mine.content == "Mine."
+    assert sorted(inflight.held_ids()) == sorted(r.pk for r in theirs)
+    assert inflight.held_ids(chatting.pk) == []
+
+
+def test_the_services_share_one_redis_client_per_url_and_timeout(settings):
+    from studies.services import reentry
+    from studies.services.redis import redis_client
+
+    assert inflight._redis() is redis_client(inflight.REDIS_TIMEOUT)
+    assert redis_client(reentry.REDIS_TIMEOUT) is redis_client(reentry.REDIS_TIMEOUT)
+    assert redis_client(0.5) is not redis_client(2.0)
+    before = redis_client(0.5)
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    assert redis_client(0.5) is not before
+    assert redis_client(0.5).connection_pool.connection_kwargs["socket_timeout"] == 0.5

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from channels.routing import ProtocolTypeRouter
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 from django.core.checks import run_checks
 from django.test import override_settings
@@ -157,3 +158,13 @@ def test_the_checks_run_under_check_deploy_and_fail_it():
     )
     assert result.returncode == 1
     assert "collabllm.W002" in result.stderr and "collabllm.W008" in result.stderr
+
+
+hosts_only_websocket_app = ProtocolTypeRouter(
+    {"websocket": AllowedHostsOriginValidator(SimpleNamespace())}
+)
+
+
+def test_it_warns_when_websockets_check_only_the_host_name():
+    # channels' validator ignores scheme and port: another app on the same host would pass.
+    assert "collabllm.W001" in ids(ASGI_APPLICATION=f"{__name__}.hosts_only_websocket_app")

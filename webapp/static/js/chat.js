@@ -226,12 +226,15 @@
       }
     } else if (f.type === "saving") {
       // The reply is finished but not yet stored (the database is away): the server keeps it
-      // and stores it as soon as it can; the text stays on screen meanwhile.
+      // (held in Redis, or only in its memory when Redis is away too) and stores it as soon as
+      // it can; the text stays on screen meanwhile.
       const b = bubble({ id: f.id, role: "assistant", status: "streaming" });
       b.text = f.text;
       b.body.textContent = b.text;
       root.dataset.saving = String(f.id);
-      say(connection, gettext("Saving the reply… it is kept and will be stored in a moment."));
+      say(connection, f.held === false
+        ? gettext("Saving the reply… it will be stored as soon as the server can.")
+        : gettext("Saving the reply… it is kept and will be stored in a moment."));
     } else if (f.type === "complete") {
       render(f.message);
       announce(f.message.id, f.message.text, true);
