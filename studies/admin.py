@@ -267,8 +267,21 @@ class StudyAdmin(admin.ModelAdmin):
         return obj._done
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records nobody edits in the admin: viewable with view permission, never added or deleted."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(StudyVersion)
-class StudyVersionAdmin(admin.ModelAdmin):
+class StudyVersionAdmin(ReadOnlyAdmin):
     """Frozen configurations; each shows what changed since the one before it."""
 
     list_display = ["study", "number", "created_at", "created_by", "n_participants"]
@@ -303,15 +316,6 @@ class StudyVersionAdmin(admin.ModelAdmin):
             obj.number,
             body,
         )
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 def _seconds(value: float | None) -> str:
@@ -592,19 +596,10 @@ class ParticipantAdmin(admin.ModelAdmin):
 
 
 @admin.register(ErasureRecord)
-class ErasureRecordAdmin(admin.ModelAdmin):
+class ErasureRecordAdmin(ReadOnlyAdmin):
     """Erasures made by `manage.py erase_participant`: read-only."""
 
     list_display = ["created_at", "study_slug", "participant_pseudonym", "requested_by", "reason"]
     list_filter = ["study_slug"]
     fields = ["created_at", *list_display[1:], "erased_rows"]
     readonly_fields = fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

@@ -1,8 +1,9 @@
 """Routing, stream limits, retries and cancellation of replies, through the chat socket."""
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
@@ -98,22 +99,19 @@ async def test_concurrent_turns_spread_across_two_replicas(slow_fake_model, seco
         await comm.disconnect()
 
 
-async def test_a_replica_that_refuses_connections_is_skipped_before_the_first_token(fake_model):
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    (participant,) = await make_participants([dead, fake_model.base_url])
-    comm = await chat(participant)
-    await send_turn(comm)
-    assert (await frames_until(comm, {"complete", "failed"}))[-1]["type"] == "complete"
-    await settled()
-    _, reply = await messages_of(participant)
-    assert reply.status == "complete" and reply.endpoint_url == fake_model.base_url
-    assert (await slots_snapshot(participant.condition.endpoint_id)).down == {dead}
-    await comm.disconnect()
-
-
-async def test_a_replica_that_accepts_no_connection_in_time_is_marked_down_and_skipped(fake_model):
+@contextlib.contextmanager
+def _dead_replica(kind: str) -> Iterator[str]:
+    """A replica URL that refuses connections, or accepts none in time (a connect timeout)."""
+    if kind == "refuses":
+        yield f"http://127.0.0.1:{free_port()}/v1"
+        return
     with unanswered_port() as port:
-        dead = f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.mark.parametrize("kind", ["refuses", "accepts_no_connection_in_time"])
+async def test_a_dead_replica_is_marked_down_and_skipped_before_the_first_token(fake_model, kind):
+    with _dead_replica(kind) as dead:
         (participant,) = await make_participants([dead, fake_model.base_url])
         comm = await chat(participant)
         await send_turn(comm)
