@@ -195,28 +195,35 @@ async def test_a_liveness_mark_in_flight_when_the_reply_ends_does_not_outlive_it
     await comm.disconnect()
 
 
-async def test_a_channel_layer_blip_on_the_started_frame_keeps_the_socket(fake_model, monkeypatch):
-    (participant,) = await make_participants([fake_model.base_url])
-    comm = await chat(participant)
+def _fail_once_on(monkeypatch, frame: str) -> list[dict]:
+    """Make the channel layer's group_send raise once for `frame`; the list records it."""
     layer, failed = get_channel_layer(), []
     real_send = layer.group_send
 
     async def flaky(group, message):
-        if message.get("frame") == "started" and not failed:
+        if message.get("frame") == frame and not failed:
             failed.append(message)
             raise RedisConnectionError("Redis blinked")
         await real_send(group, message)
 
     monkeypatch.setattr(layer, "group_send", flaky)
+    return failed
+
+
+async def test_a_channel_layer_blip_on_the_started_frame_keeps_the_socket(fake_model, monkeypatch):
+    (participant,) = await make_participants([fake_model.base_url])
+    comm = await chat(participant)
+    failed = _fail_once_on(monkeypatch, "started")
     await send_turn(comm)
     frames = await frames_until(comm, {"complete", "failed"})
-    assert failed and frames[-1]["type"] == "complete"
+    complete = frames[-1]
+    assert failed and complete["type"] == "complete"
     if "started" not in [f["type"] for f in frames]:  # sent again after a backoff: may be last
         frames += await frames_until(comm, {"started"})
     assert frames[0]["type"] == "ack"
     await settled()
     _, reply = await messages_of(participant)
-    assert reply.status == "complete" and reply.content == frames[-1]["message"]["text"]
+    assert reply.status == "complete" and reply.content == complete["message"]["text"]
     await comm.disconnect()
 
 
@@ -225,16 +232,7 @@ async def test_a_channel_layer_blip_on_the_rated_frame_keeps_the_socket(fake_mod
     await send_turn(comm)
     assert (await frames_until(comm, {"complete"}))[-1]["rating_due"] == 1
     await settled()
-    layer, failed = get_channel_layer(), []
-    real_send = layer.group_send
-
-    async def flaky(group, message):
-        if message.get("frame") == "rated" and not failed:
-            failed.append(message)
-            raise RedisConnectionError("Redis blinked")
-        await real_send(group, message)
-
-    monkeypatch.setattr(layer, "group_send", flaky)
+    failed = _fail_once_on(monkeypatch, "rated")
     await comm.send_json_to({"type": "rating", "after_turn": 1, "score": 8})
     state = (await frames_until(comm, {"state"}))[-1]
     assert failed and state["rating_due"] is None and state["status"] == "chatting"
