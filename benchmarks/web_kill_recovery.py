@@ -128,9 +128,14 @@ async def start_reply(page: Page) -> None:
     raise RuntimeError("no text streamed within 30 s")
 
 
-async def follow_until_ended(page: Page, kill: Kill, killed_at: float, limit: float) -> None:
-    """Behave as chat.js after the kill until the page shows the reply ended (or `limit`)."""
-    delay, next_check = RETRY_FIRST, time.monotonic() + QUIET_CHECK
+async def follow_until_ended(
+    page: Page, kill: Kill, killed_at: float, limit: float, rng: random.Random
+) -> None:
+    """Behave as chat.js after the kill until the page shows the reply ended (or `limit`).
+
+    The page's quiet check runs every 2 s on its own clock: its phase against the kill is random.
+    """
+    delay, next_check = RETRY_FIRST, time.monotonic() + rng.uniform(0, QUIET_CHECK)
     while (now := time.monotonic()) - killed_at < limit:
         if page.socket is None:
             await asyncio.sleep(delay)
@@ -182,7 +187,7 @@ async def run(kills: int, seed: int, limit: float) -> dict:
             kill = Kill(web.index, round(streamed, 2))
             killed_at = time.monotonic()
             web.kill()
-            await follow_until_ended(page, kill, killed_at, limit)
+            await follow_until_ended(page, kill, killed_at, limit, rng)
             kill.shown = kill.shown or page.status
             results.append(kill)
             print(f"kill web {kill.web}: recovered after {kill.recovered_s} s", flush=True)
