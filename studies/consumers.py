@@ -146,8 +146,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _resync(self, content: dict) -> None:
         state = await self._state()
-        if _elsewhere(state):  # the page syncs when such a reply goes quiet: its process died?
-            # Ends it (retry) if no live process runs it; a copy held in Redis is stored.
+        if _elsewhere(state):  # the page syncs when a streaming reply goes quiet: is it orphaned?
+            # Ended (with retry) if no live process runs it; a copy held in Redis is stored.
             await database_sync_to_async(turns.turn_reap_stale)(
                 participant_id=self.participant_id, running=generation.running_ids()
             )
