@@ -40,18 +40,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.benchdb import database_drop, database_prepare, database_url  # noqa: E402
-from benchmarks.stream_overhead import (  # noqa: E402
-    Children,
-    _run,
-    _seat,
-    background_load,
-    bench_env,
-    connect,
-    machine_info,
-    pct,
-    seat_outcomes,
-    start_web,
-)
+from benchmarks.stream.clients import connect  # noqa: E402
+from benchmarks.stream.counters import background_load, machine_info  # noqa: E402
+from benchmarks.stream.database import _seat, bench_env, seat_outcomes  # noqa: E402
+from benchmarks.stream.processes import Children, start_web  # noqa: E402
+from benchmarks.stream.stamped_model import run_loop  # noqa: E402
+from benchmarks.stream.stats import pct  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,7 +62,9 @@ class Config:
     turn_timeout: float
     database_url: str
     redis_url: str
-    frame_interval: float = 0.05  # read by stream_overhead.bench_env, as are the two URLs
+    # bench_env (benchmarks/stream/database.py) reads these two and the two URLs.
+    frame_interval: float = 0.05
+    db_connections: str = "shipped"
 
 
 class CountingFake(FakeOpenAIServer):
@@ -333,7 +329,7 @@ def parse_args(argv: list[str] | None) -> Config:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     load = background_load()
-    env = bench_env(cfg)  # type: ignore[arg-type]  # reads only the URLs and frame_interval
+    env = bench_env(cfg)  # type: ignore[arg-type]  # reads the URLs and two settings
     os.environ.update(env)
     run = "limits-" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     children = Children(Path(tempfile.mkdtemp(prefix="stream_limits-")))
@@ -346,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         seats = seed(cfg, fake_url, run)
         base, _ = start_web(children, env)
         say(f"fake model {fake_url}, web http://{base}")
-        results = _run(run_all(cfg, seats, base, fake))
+        results = run_loop(run_all(cfg, seats, base, fake))
         machine = machine_info(cfg) | {"background_cpus_before": load}
     except Exception:
         traceback.print_exc()

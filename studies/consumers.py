@@ -145,7 +145,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             ) from exc
 
     async def _resync(self, content: dict) -> None:
-        await self.send_json(await self._state())
+        state = await self._state()
+        if _elsewhere(state):  # the page syncs when a streaming reply goes quiet: is it orphaned?
+            # Ended (with retry) if no live process runs it; a copy held in Redis is stored.
+            await database_sync_to_async(turns.turn_reap_stale)(
+                participant_id=self.participant_id, running=generation.running_ids()
+            )
+            state = await self._state()
+        await self.send_json(state)
 
     async def _state(self) -> dict:
         state = await database_sync_to_async(selectors.chat_state)(
@@ -187,6 +194,14 @@ def _parse(text_data: str | None) -> tuple[dict | None, tuple[str, str] | None]:
     if not isinstance(content, dict) or not isinstance(content.get("type"), str):
         return None, _UNREADABLE
     return content, None
+
+
+def _elsewhere(state: dict) -> bool:
+    """Whether the state shows a reply streaming that this process is not generating."""
+    return any(
+        m["status"] == "streaming" and generation.running_reply(m["id"]) is None
+        for m in state["messages"]
+    )
 
 
 def _start_turn(participant_id: int, text: str, key: uuid.UUID) -> tuple:

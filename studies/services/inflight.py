@@ -48,7 +48,7 @@ def _index_key(participant_id: int | None = None) -> str:
 
 def alive_ttl() -> float:
     """Seconds a liveness key outlives its last renewal (renewed every third of that)."""
-    return float(settings.CHAT_STALE_STREAM_SECONDS)
+    return float(settings.CHAT_ALIVE_SECONDS)
 
 
 def alive_mark(message_id: int) -> None:

@@ -22,6 +22,7 @@ from django.conf import settings
 
 from models_serving import metrics
 from studies.services import inflight, turns
+from studies.services.deltas import utf16_len
 
 if TYPE_CHECKING:
     from studies.services.generation import RunningReply
@@ -100,8 +101,13 @@ async def frames(reply: "RunningReply", wake: asyncio.Event) -> None:
     The first delta goes out at once (leading edge); text that arrives just after a frame waits
     at most one interval. After a failed publish the text stays unsent and the next frame, sent
     after a backoff, carries everything from the last delivered point plus the whole text.
+
+    A delta's `start` counts UTF-16 code units, as JavaScript's strings do (chat.js slices the
+    text on screen there): an emoji or any other character outside the Basic Multilingual Plane
+    is two units, not one code point. The count runs along with the frames (`units`), so each
+    frame measures only its own delta.
     """
-    sent, heal, last_full = 0, False, time.monotonic()
+    sent, units, heal, last_full = 0, 0, False, time.monotonic()
     interval = settings.CHAT_CHECKPOINT_INTERVAL
     backoff = Backoff(*PUBLISH_BACKOFF)
     while True:
@@ -109,13 +115,13 @@ async def frames(reply: "RunningReply", wake: asyncio.Event) -> None:
         if wake.is_set():
             wake.clear()
             end = len(reply.text)
-            frame = {"frame": "delta", "id": reply.message_id, "start": sent}
-            frame["delta"] = reply.text[sent:end]
+            delta = reply.text[sent:end]
+            frame = {"frame": "delta", "id": reply.message_id, "start": units, "delta": delta}
             full = heal or time.monotonic() - last_full >= interval
             if full:
                 frame["full"] = reply.text[:end]
             if await publish(reply.participant_id, frame, tries=1):
-                sent, heal = end, False
+                sent, units, heal = end, units + utf16_len(delta), False
                 last_full = time.monotonic() if full else last_full
                 backoff.reset()
             else:

@@ -378,23 +378,26 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     """Mark streaming replies interrupted when no live process is generating them.
 
     Held replies (finished, waiting for the database) are stored first. Then a streaming reply
-    is reaped when all of these hold: this process is not generating it (`running`); its row was
-    not checkpointed for CHAT_STALE_STREAM_SECONDS; no finished copy is held in Redis; and its
-    liveness key in Redis has lapsed. The generating process renews that key every third of its
-    TTL (CHAT_STALE_STREAM_SECONDS) whatever happens to its database checkpoints, so a reply
-    whose checkpoints fail during a database blip is not reaped while its process lives, and one
-    whose process died is reaped within about two TTLs. When Redis cannot be asked, only rows
-    untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound) are reaped.
+    is reaped when all of these hold: this process is not generating it (`running`); its row
+    went untouched for a quiet bound; no finished copy is held in Redis; and its liveness key
+    in Redis has lapsed. The generating process renews that key every third of its TTL
+    (CHAT_ALIVE_SECONDS) whatever happens to its database checkpoints, so a reply whose
+    checkpoints fail during a database blip is not reaped while its process lives. When Redis
+    cannot be asked, only rows untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound)
+    are reaped.
 
-    For one participant (a socket connect, on the process's one database thread) Redis is asked
-    only when the participant has a reply that could be held; the sweep (None) always drains.
+    For one participant (their socket connecting, or their page's sync) the quiet bound is the
+    key's TTL: a participant looking at a reply whose web process died sees it interrupted,
+    with retry, within seconds. The periodic sweep (None), which nobody waits for, keeps the
+    longer CHAT_STALE_STREAM_SECONDS. For one participant Redis is asked for held replies only
+    when the participant has a reply that could be held; the sweep always drains.
     """
     if participant_id is None or _may_hold(participant_id, running):
         turn_store_held(participant_id=participant_id)
     now = timezone.now()
+    quiet = settings.CHAT_STALE_STREAM_SECONDS if participant_id is None else inflight.alive_ttl()
     stale = Message.objects.filter(
-        status=M.STREAMING,
-        updated_at__lt=now - timedelta(seconds=settings.CHAT_STALE_STREAM_SECONDS),
+        status=M.STREAMING, updated_at__lt=now - timedelta(seconds=quiet)
     ).exclude(pk__in=running)
     if participant_id is not None:
         stale = stale.filter(participant_id=participant_id)

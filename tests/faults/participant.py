@@ -24,6 +24,7 @@ from websockets.exceptions import InvalidHandshake, WebSocketException
 
 from studies.pilot.driver import PilotPlan, TaskInfo, Visit
 from studies.pilot.simulator import UserSimulator
+from studies.services.deltas import delta_apply
 
 QUIET_SYNC = 5.0  # chat.js: a streaming reply quiet this long asks for the whole state
 FRAME_TIMEOUT = 15.0  # an answer to sync/rating/send that takes longer: the page reconnects
@@ -301,10 +302,9 @@ class SimParticipant:
             reply = self.replies[frame["id"]]
             if reply.status != "streaming":
                 return
-            if "full" in frame:
-                reply.see(frame["full"])
-            elif frame["start"] <= len(reply.text):
-                reply.see(reply.text[: frame["start"]] + frame["delta"])
+            text = delta_apply(reply.text, frame)
+            if text is not None:  # None: a gap, healed by a later frame
+                reply.see(text)
         elif kind == "saving" and frame.get("id") in self.replies:
             self.replies[frame["id"]].see(frame.get("text") or "")  # finished, being stored
         elif kind == "complete":

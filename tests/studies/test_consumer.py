@@ -12,6 +12,7 @@ from django.contrib.sessions.backends.db import SessionStore
 
 from studies.models import Event, Message, ModelEndpoint, Participant
 from studies.services import generation, versions
+from studies.services.deltas import delta_apply
 from tests.factories import ParticipantFactory, three_arm_study
 from tests.studies.conftest import advance_to_chat
 
@@ -136,7 +137,8 @@ async def test_a_turn_streams_coalesced_frames_and_saves_the_reply_once(fake_mod
     assert final["type"] == "complete"
     text = ""
     for f in deltas:
-        text = f.get("full", text[: f["start"]] + f["delta"])
+        applied = delta_apply(text, f)
+        text = text if applied is None else applied  # None: a gap
     assert final["message"]["text"].startswith(text) and text
     tokens = participant.condition.generation_params["max_tokens"]  # the fake sends that many
     assert len(deltas) < tokens / 2  # coalesced, not one frame per token

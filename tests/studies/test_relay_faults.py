@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from studies import tasks
 from studies.models import Event, Message
 from studies.services import generation, inflight, relay, turns
+from studies.services.deltas import delta_apply
 from tests.studies.test_consumer import frames_until, messages_of, send_turn, settled
 from tests.studies.test_generation_routing import SLOW, chat, make_participants
 
@@ -56,7 +57,8 @@ def text_from(frames: list[dict]) -> str:
     text = ""
     for f in frames:
         if f["type"] == "delta":
-            text = f["full"] if "full" in f else text[: f["start"]] + f["delta"]
+            applied = delta_apply(text, f)
+            text = text if applied is None else applied  # None: a gap
     return text
 
 

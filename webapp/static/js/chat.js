@@ -207,6 +207,7 @@
       setControls(last);
     } else if (f.type === "delta") {
       const b = bubble({ id: f.id, role: "assistant", status: "streaming" });
+      // start counts UTF-16 code units, as b.text.length and slice do (an emoji is two).
       if (f.full !== undefined) b.text = f.full;
       else if (f.start <= b.text.length) b.text = b.text.slice(0, f.start) + f.delta;
       else return; // a gap: the next checkpoint frame carries the whole text
