@@ -48,6 +48,17 @@ from benchmarks.stream.report import markdown, write_report  # noqa: E402
 from benchmarks.stream.stamped_model import serve_fake  # noqa: E402
 
 
+def _at_least_one(text: str) -> int:
+    """A whole number of at least 1 (argparse says which option and why otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
@@ -67,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--tag", default="", help="suffix for the result files, e.g. a variant's name")
     modes = ["shipped", *DB_CONNECTIONS]
     add("--db-connections", choices=modes, default="shipped", help="see DB_CONNECTIONS")
-    add("--web-processes", type=int, default=1, help="web processes; clients spread over them")
+    add("--web-processes", type=_at_least_one, default=1, help="web processes; clients spread")
     add("--database", default=BENCH_DB, help="the benchmark's own database on that server")
     add("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     add("--fake-port", type=int, default=0, help=argparse.SUPPRESS)

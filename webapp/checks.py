@@ -1,17 +1,20 @@
 """Deploy checks for what Django's own `check --deploy` does not know: websockets, the ASGI
 server, the channel layer, Redis and the metrics endpoint.
 
-They run with `manage.py check --deploy` (tags `security` and `collabllm`). A warning that does
-not apply to a deployment (say, a single host with Redis on localhost) is silenced by naming its
-id in SILENCED_SYSTEM_CHECKS, never by weakening the check.
+They run with `manage.py check --deploy` (tags `security` and `collabllm`); the few that guard a
+setting the code cannot run with (errors, `collabllm.E...`) run with every `manage.py` command
+that checks (`check`, `migrate`, `runserver`). A warning that does not apply to a deployment
+(say, a single host with Redis on localhost) is silenced by naming its id in
+SILENCED_SYSTEM_CHECKS, never by weakening the check.
 """
 
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
 from django.utils.module_loading import import_string
 
@@ -28,6 +31,25 @@ METRICS_TOKEN_MIN_CHARS = 32
 
 def _w(msg: str, hint: str, n: int) -> CheckWarning:
     return CheckWarning(msg, hint=hint, id=f"collabllm.W{n:03d}")
+
+
+@register("collabllm")
+def check_alive_seconds(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The liveness key's TTL must be a positive number of seconds: it is renewed every third
+    of it, so 0 would have every running reply renew its key without pause."""
+    from studies.services.inflight import MIN_ALIVE_SECONDS
+
+    value = settings.CHAT_ALIVE_SECONDS
+    if isinstance(value, int | float) and math.isfinite(value) and value >= MIN_ALIVE_SECONDS:
+        return []
+    return [
+        Error(
+            f"CHAT_ALIVE_SECONDS is {value}: a reply's liveness key needs a TTL of at least "
+            f"{MIN_ALIVE_SECONDS:g} s (it is renewed every third of it).",
+            hint="Set CHAT_ALIVE_SECONDS to a few seconds (default 3.0; see .env.example).",
+            id="collabllm.E001",
+        )
+    ]
 
 
 @register(Tags.security, "collabllm", deploy=True)

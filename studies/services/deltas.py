@@ -9,10 +9,14 @@ participants, benchmarks) rebuild the text with `delta_apply`, as the page does.
 
 
 def utf16_len(text: str) -> int:
-    """The length of `text` in UTF-16 code units (JavaScript's `length`)."""
+    """The length of `text` in UTF-16 code units (JavaScript's `length`).
+
+    A lone surrogate (half an emoji that a model server cut between two chunks) is one unit, as
+    in JavaScript, which joins it with the other half when that arrives.
+    """
     if text.isascii():  # the usual case, and the cheapest
         return len(text)
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", errors="surrogatepass")) // 2
 
 
 def delta_apply(text: str, frame: dict) -> str | None:

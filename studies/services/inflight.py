@@ -13,6 +13,7 @@ decide what that means.
 """
 
 import json
+import math
 import os
 import socket
 from typing import Any
@@ -23,6 +24,10 @@ from redis import Redis
 from studies.services.redis import redis_client
 
 KEY_PREFIX = "collabllm:replies"
+# The shortest liveness TTL (CHAT_ALIVE_SECONDS). The key is renewed every third of it: a TTL of
+# 0 would have the relay renew without pause, and Redis refuses a key that lives 0 ms.
+# `manage.py check` refuses less (webapp/checks.py); a process started without it clamps.
+MIN_ALIVE_SECONDS = 1.0
 # Redis calls here are tiny; waiting longer than this for one means Redis is away. Short, since
 # the reaper asks from the database thread of a web process (on socket connect).
 REDIS_TIMEOUT = 0.5
@@ -47,8 +52,12 @@ def _index_key(participant_id: int | None = None) -> str:
 
 
 def alive_ttl() -> float:
-    """Seconds a liveness key outlives its last renewal (renewed every third of that)."""
-    return float(settings.CHAT_ALIVE_SECONDS)
+    """Seconds a liveness key outlives its last renewal (renewed every third of that).
+
+    CHAT_ALIVE_SECONDS, never under MIN_ALIVE_SECONDS (nor a value that is not a finite number).
+    """
+    ttl = float(settings.CHAT_ALIVE_SECONDS)
+    return ttl if math.isfinite(ttl) and ttl >= MIN_ALIVE_SECONDS else MIN_ALIVE_SECONDS
 
 
 def alive_mark(message_id: int) -> None:

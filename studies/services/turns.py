@@ -405,8 +405,10 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     if not rows:  # the usual case: no round trip to Redis on the database thread
         return []
     try:
-        held = inflight.held_ids(participant_id)
-        keep = inflight.alive_among([pk for pk, _ in rows]) | set(held)
+        # Liveness first: a process holds a finished reply before it drops the key, so a key
+        # found gone means any hold of it is already there to read.
+        alive = inflight.alive_among([pk for pk, _ in rows])
+        keep = alive | set(inflight.held_ids(participant_id))
     except RedisError:
         log.warning("reaper: Redis unreachable, reaping only long-silent replies", exc_info=True)
         cutoff = now - timedelta(seconds=settings.CHAT_REAP_WITHOUT_REDIS_SECONDS)

@@ -116,6 +116,7 @@ async def test_a_reply_whose_checkpoints_keep_failing_is_not_reaped_while_its_pr
 ):
     settings.CHAT_CHECKPOINT_INTERVAL = 0.2
     settings.CHAT_STALE_STREAM_SECONDS = 2.0
+    settings.CHAT_ALIVE_SECONDS = 1.0  # the wait below outlasts the first mark: renewals count
     params = {"max_tokens": 50, "fake_delay_ms": 120}  # about 6 s of streaming
     (participant,) = await make_participants([slow_fake_model.base_url], params=params)
     comm = await chat(participant)

@@ -110,6 +110,20 @@ async def test_after_a_failed_publish_the_offset_counts_only_what_was_delivered(
     assert sum("full" in f for f in frames) == 2
 
 
+async def test_a_surrogate_pair_split_across_chunks_keeps_every_offset_exact(monkeypatch):
+    # A server that escapes JSON per UTF-16 unit may cut an emoji between its two halves:
+    # Python then holds two lone surrogates, JavaScript joins them into the emoji again.
+    chunks = ["Hi ", "\ud83d", "\ude00 there", " \ud83c", "\udf89"]
+    frames = await relayed(chunks, monkeypatch)
+
+    text = ""
+    for frame in frames:
+        assert frame["start"] == len(text.encode("utf-16-le", "surrogatepass")) // 2
+        text = page_apply(text, frame)
+    assert text.encode("utf-16-le", "surrogatepass").decode("utf-16-le") == "Hi 😀 there 🎉"
+    assert deltas.utf16_len("\ud83d") == 1
+
+
 def test_utf16_len_counts_what_javascript_counts():
     assert deltas.utf16_len("") == 0
     assert deltas.utf16_len("plain") == 5

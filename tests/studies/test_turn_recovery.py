@@ -51,6 +51,34 @@ def test_a_silent_reply_whose_process_renews_its_liveness_key_is_not_reaped(chat
     assert reply.status == M.INTERRUPTED and reply.content == "checkpointed"
 
 
+@pytest.mark.parametrize("reaper", ["participant", "sweep"])
+def test_a_reply_held_just_before_its_process_drops_the_liveness_key_is_never_reaped(
+    chatting, monkeypatch, reaper
+):
+    # Its process finished it, found the database away and is shutting down: it holds the
+    # reply in Redis, then drops its liveness key. Should that happen between the reaper's two
+    # Redis reads, the reaper must still see one or the other.
+    reply = start_reply(chatting, silent_seconds=600)
+    inflight.alive_mark(reply.pk)
+    read_alive = inflight.alive_among
+
+    def process_holds_then_stops(message_ids: list[int]) -> set[int]:
+        if inflight.held_get(reply.pk) is None:
+            inflight.held_put(reply.pk, held_record(reply, "The whole reply."))
+            inflight.alive_clear(reply.pk)
+        return read_alive(message_ids)
+
+    monkeypatch.setattr(inflight, "alive_among", process_holds_then_stops)
+    participant_id = chatting.pk if reaper == "participant" else None
+    assert turns.turn_reap_stale(participant_id=participant_id, running=set()) == []
+    reply.refresh_from_db()
+    assert reply.status == M.STREAMING  # the next reap stores the held copy
+    assert not Event.objects.filter(kind="study.turn.interrupted").exists()
+    turns.turn_reap_stale(participant_id=participant_id, running=set())
+    reply.refresh_from_db()
+    assert (reply.status, reply.content) == (M.COMPLETE, "The whole reply.")
+
+
 def test_without_redis_only_replies_silent_past_the_longer_bound_are_reaped(
     chatting, settings, study
 ):
