@@ -35,8 +35,8 @@ def _w(msg: str, hint: str, n: int) -> CheckWarning:
 
 @register("collabllm")
 def check_alive_seconds(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """The liveness key's TTL must be a positive number of seconds: it is renewed every third
-    of it, so 0 would have every running reply renew its key without pause."""
+    """The liveness key's TTL must be a positive number of seconds: it is renewed four times
+    within it, so 0 would have every running reply renew its key without pause."""
     from studies.services.inflight import MIN_ALIVE_SECONDS
 
     value = settings.CHAT_ALIVE_SECONDS
@@ -45,8 +45,8 @@ def check_alive_seconds(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     return [
         Error(
             f"CHAT_ALIVE_SECONDS is {value}: a reply's liveness key needs a TTL of at least "
-            f"{MIN_ALIVE_SECONDS:g} s (it is renewed every third of it).",
-            hint="Set CHAT_ALIVE_SECONDS to a few seconds (default 3.0; see .env.example).",
+            f"{MIN_ALIVE_SECONDS:g} s (it is renewed four times within it).",
+            hint="Set CHAT_ALIVE_SECONDS to a few seconds (default 4.0; see .env.example).",
             id="collabllm.E001",
         )
     ]

@@ -189,11 +189,12 @@ CHAT_TURNS_PER_MINUTE = env.int("CHAT_TURNS_PER_MINUTE", default=6)
 CHAT_FRAME_INTERVAL = env.float("CHAT_FRAME_INTERVAL", default=0.05)
 CHAT_CHECKPOINT_INTERVAL = env.float("CHAT_CHECKPOINT_INTERVAL", default=1.5)
 CHAT_STALE_STREAM_SECONDS = env.float("CHAT_STALE_STREAM_SECONDS", default=15.0)
-# A generating process renews its reply's liveness key in Redis every third of this. A reply
+# A generating process renews its reply's liveness key in Redis every quarter of this (a stalled
+# event loop has three quarters of it before its replies look dead). A reply
 # whose key lapsed and whose row went untouched this long has lost its process: the
 # participant's own page (socket connect, and the sync it sends after 5 s without frames) marks
 # it interrupted, with retry, within seconds of a web process dying (studies.services.inflight).
-CHAT_ALIVE_SECONDS = env.float("CHAT_ALIVE_SECONDS", default=3.0)
+CHAT_ALIVE_SECONDS = env.float("CHAT_ALIVE_SECONDS", default=4.0)
 # Replies that survive Redis or PostgreSQL blips (studies.services.turns.turn_reap_stale,
 # studies.services.generation): the reap bound while Redis cannot say which replies are alive,
 # and how long a finished reply waits in Redis for the database to come back.

@@ -24,8 +24,11 @@ from redis import Redis
 from studies.services.redis import redis_client
 
 KEY_PREFIX = "collabllm:replies"
-# The shortest liveness TTL (CHAT_ALIVE_SECONDS). The key is renewed every third of it: a TTL of
-# 0 would have the relay renew without pause, and Redis refuses a key that lives 0 ms.
+# The key is renewed RENEWALS times per TTL: a process whose event loop stalls for up to three
+# quarters of the TTL (a loaded machine) still keeps its replies from being reaped.
+RENEWALS = 4
+# The shortest liveness TTL (CHAT_ALIVE_SECONDS). A TTL of 0 would have the relay renew without
+# pause, and Redis refuses a key that lives 0 ms.
 # `manage.py check` refuses less (webapp/checks.py); a process started without it clamps.
 MIN_ALIVE_SECONDS = 1.0
 # Redis calls here are tiny; waiting longer than this for one means Redis is away. Short, since
@@ -52,7 +55,7 @@ def _index_key(participant_id: int | None = None) -> str:
 
 
 def alive_ttl() -> float:
-    """Seconds a liveness key outlives its last renewal (renewed every third of that).
+    """Seconds a liveness key outlives its last renewal (renewed RENEWALS times within it).
 
     CHAT_ALIVE_SECONDS, never under MIN_ALIVE_SECONDS (nor a value that is not a finite number).
     """

@@ -159,8 +159,8 @@ async def checkpoints(reply: "RunningReply", stop: Callable[[], None]) -> None:
 
 
 async def liveness(reply: "RunningReply") -> None:
-    """Renew the reply's liveness key in Redis every third of its TTL until cancelled."""
-    every = inflight.alive_ttl() / 3
+    """Renew the reply's liveness key in Redis RENEWALS times per TTL until cancelled."""
+    every = inflight.alive_ttl() / inflight.RENEWALS
     while True:
         try:
             await _finish_in_thread(inflight.alive_mark, reply.message_id)

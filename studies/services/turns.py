@@ -380,7 +380,7 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     Held replies (finished, waiting for the database) are stored first. Then a streaming reply
     is reaped when all of these hold: this process is not generating it (`running`); its row
     went untouched for a quiet bound; no finished copy is held in Redis; and its liveness key
-    in Redis has lapsed. The generating process renews that key every third of its TTL
+    in Redis has lapsed. The generating process renews that key four times per TTL
     (CHAT_ALIVE_SECONDS) whatever happens to its database checkpoints, so a reply whose
     checkpoints fail during a database blip is not reaped while its process lives. When Redis
     cannot be asked, only rows untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound)

@@ -1,5 +1,5 @@
-"""CHAT_ALIVE_SECONDS must be a positive TTL: at 0 the liveness loop (which renews every third
-of it) would spin, and Redis refuses a key with a TTL of 0 ms.
+"""CHAT_ALIVE_SECONDS must be a positive TTL: at 0 the liveness loop (which renews four
+times per TTL) would spin, and Redis refuses a key with a TTL of 0 ms.
 
 `manage.py check` (run by migrate and the deploy check too) refuses such a value with a clear
 error; a process started without the checks (uvicorn) still renews at a sane pace.
@@ -41,7 +41,7 @@ def test_the_system_check_accepts_the_shipped_liveness_ttl(settings):
 @pytest.mark.parametrize("value", [0, -1.0])
 def test_a_process_started_without_the_checks_still_marks_replies_alive(settings, value):
     settings.CHAT_ALIVE_SECONDS = value
-    assert inflight.alive_ttl() >= MIN_ALIVE_SECONDS  # renewed every third: never a spin
+    assert inflight.alive_ttl() >= MIN_ALIVE_SECONDS  # renewed four times per TTL: never a spin
     inflight.alive_mark(7)  # Redis refuses a TTL of 0 ms
     assert inflight.alive_among([7]) == {7}
     inflight.alive_clear(7)
