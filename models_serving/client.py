@@ -253,9 +253,18 @@ async def _deltas(stream: Any, acc: _Accumulator) -> AsyncGenerator[str, None]:
 
 
 async def stream_chat(
-    spec: EndpointSpec, messages: list[dict[str, str]], params: dict[str, Any]
+    spec: EndpointSpec,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    *,
+    count: bool = True,
 ) -> AsyncGenerator[str | GenerationResult, None]:
-    """Yield text deltas as they arrive, then one GenerationResult; raise ModelCallError."""
+    """Yield text deltas as they arrive, then one GenerationResult; raise ModelCallError.
+
+    A stream that carried no usage is counted by the server's tokenizer before the result is
+    yielded (`count_tokens`); with count=False the result comes at once with usage_source "none"
+    and no counts, for a caller that counts later, off its participant's path.
+    """
     named, extra = _split_params(params)
     client = _client_for(spec)
     started = time.monotonic()
@@ -283,14 +292,18 @@ async def stream_chat(
         await stream.close()
     result = acc.result()
     if result.completion_tokens is None:
-        result = await _counted_by_server(spec, messages, result)
+        result = (
+            await count_tokens(spec, messages, result)
+            if count
+            else replace(result, usage_source="none")
+        )
     yield result
 
 
 _tokenize_support: dict[str, bool] = {}
 
 
-async def _counted_by_server(
+async def count_tokens(
     spec: EndpointSpec, messages: list[dict[str, str]], result: GenerationResult
 ) -> GenerationResult:
     """Ask the server's own tokenizer for counts when its stream carried no usage.
