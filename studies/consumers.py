@@ -3,6 +3,7 @@
 import json
 import uuid
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
@@ -151,12 +152,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return state
 
     async def dispatch(self, message: dict) -> None:
-        # Relayed frames touch no database: skip channels' per-message close_old_connections,
-        # which queues every frame behind all database work on the process's one DB thread.
+        # channels runs close_old_connections before every message on the process's one
+        # thread-sensitive thread, so each frame (a relayed delta, a turn, a presence ping) would
+        # queue behind that thread's work. This consumer's database calls run on
+        # studies.services.db, which closes each connection after its call: nothing to close.
         if message.get("type") == "chat.frame":
             await self.chat_frame(message)
             return
-        await super().dispatch(message)
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def chat_frame(self, event: dict) -> None:
         frame = {k: v for k, v in event.items() if k not in ("type", "frame")}

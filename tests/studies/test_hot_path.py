@@ -130,6 +130,25 @@ async def test_database_calls_do_not_queue_behind_each_other(_fresh_executor):
     assert await asyncio.wait_for(first, timeout=10)
 
 
+async def test_a_turn_does_not_wait_for_the_processs_thread_sensitive_thread(fake_model):
+    """Sync views and the admin run on that one thread; a busy one must not hold up the chat."""
+    _, comm = await open_chat(fake_model.base_url)
+    release = threading.Event()
+    busy = asyncio.ensure_future(sync_to_async(release.wait)(timeout=60))
+    try:
+        await send_turn(comm)
+        frames = await frames_until(comm, {"complete"}, wait=20)
+        assert [f["type"] for f in frames if f["type"] in ("ack", "complete")] == [
+            "ack",
+            "complete",
+        ]
+    finally:
+        release.set()
+        await busy
+    await settled()
+    await comm.disconnect()
+
+
 def _others_connected(dbname: str) -> int:
     """Connections to the test database other than this one (a raw psycopg connection)."""
     dsn = {k: v for k, v in connection.get_connection_params().items() if k != "pool"}
