@@ -194,6 +194,9 @@ CHAT_STALE_STREAM_SECONDS = env.float("CHAT_STALE_STREAM_SECONDS", default=15.0)
 # and how long a finished reply waits in Redis for the database to come back.
 CHAT_REAP_WITHOUT_REDIS_SECONDS = env.float("CHAT_REAP_WITHOUT_REDIS_SECONDS", default=300.0)
 CHAT_HOLD_SECONDS = env.int("CHAT_HOLD_SECONDS", default=86400)
+# Threads (so connections) a web process gives the chat's database calls (studies.services.db);
+# 0: one less than the connection pool's max_size, or 4 without a pool.
+CHAT_DB_THREADS = env.int("CHAT_DB_THREADS", default=0)
 IDLE_THRESHOLD_SECONDS = env.int("IDLE_THRESHOLD_SECONDS", default=60)
 HEARTBEAT_SECONDS = env.int("HEARTBEAT_SECONDS", default=15)
 

@@ -34,7 +34,7 @@ _lock = threading.Lock()
 
 def threads() -> int:
     """How many calls may run (and hold a connection) at once."""
-    configured = getattr(settings, "CHAT_DB_THREADS", 0)
+    configured = settings.CHAT_DB_THREADS
     if configured:
         return int(configured)
     pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")

@@ -408,7 +408,7 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     whose process died is reaped within about two TTLs. When Redis cannot be asked, only rows
     untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound) are reaped.
 
-    For one participant (a socket connect, on the process's one database thread) Redis is asked
+    For one participant (a socket connect, on one of the chat's database threads) Redis is asked
     only when the participant has a reply that could be held; the sweep (None) always drains.
     """
     if participant_id is None or _may_hold(participant_id, running):
