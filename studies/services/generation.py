@@ -340,6 +340,11 @@ def _count_later(reply: RunningReply, plan: GenerationPlan, result: GenerationRe
     task.add_done_callback(_counted)
 
 
+def counting() -> int:
+    """Token counts of stored replies still running in the background of this process."""
+    return len(_counting)
+
+
 def _counted(task: asyncio.Task) -> None:
     _counting.discard(task)
     if not task.cancelled() and (error := task.exception()) is not None:
