@@ -2,9 +2,16 @@
 
 channels' `database_sync_to_async` is thread-sensitive: every call of a web process runs on one
 thread, so a turn start waits behind every checkpoint, completion and presence frame of every
-other participant. `run` uses an executor of its own instead, CHAT_DB_THREADS threads (by default
-one less than the connection pool's max_size, leaving one for the process's thread-sensitive
-work: sync views, the admin; 4 without a pool), so those calls run at the same time.
+other participant. `run` uses an executor of its own instead, CHAT_DB_THREADS threads (by
+default 2, never more than the connection pool's max_size less one, which stays for the
+process's thread-sensitive work: sync views, the admin), so those calls run at the same time.
+
+Why not more: the ORM work of these calls is Python that holds the GIL, and each thread running
+it takes GIL time from the event loop that relays the tokens. In single runs of
+benchmarks/stream_overhead.py (N=50, 25 ms token gap, 2 CPUs shared with other work), 2 threads
+cut the added time to first token against the one thread-sensitive thread (p50 199 -> 89 ms,
+p99 423 -> 170 ms); 9 threads cut it no further (83 / 326 ms) and doubled the newest-token p99
+of 2 threads (126 -> 253 ms).
 
 Every call ends by closing its thread's connection: with the pool (DATABASE_POOL) that hands it
 back to the pool, without one it is what CONN_MAX_AGE=0 does anyway. So no idle thread keeps a
@@ -26,7 +33,7 @@ from django.db import connections
 P = ParamSpec("P")
 T = TypeVar("T")
 
-DEFAULT_THREADS = 4  # without a pool: each call opens its own connection (CONN_MAX_AGE 0)
+DEFAULT_THREADS = 2  # see above: more threads take GIL time from the relaying event loop
 
 _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
@@ -34,14 +41,11 @@ _lock = threading.Lock()
 
 def threads() -> int:
     """How many calls may run (and hold a connection) at once."""
-    configured = settings.CHAT_DB_THREADS
-    if configured:
-        return int(configured)
+    if settings.CHAT_DB_THREADS:
+        return int(settings.CHAT_DB_THREADS)
     pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
     if isinstance(pool, dict):
-        return max(1, int(pool.get("max_size", DEFAULT_THREADS + 1)) - 1)
-    if pool:  # pool=True: psycopg's defaults (max_size = min_size = 4)
-        return DEFAULT_THREADS - 1
+        return max(1, min(DEFAULT_THREADS, int(pool.get("max_size", DEFAULT_THREADS + 1)) - 1))
     return DEFAULT_THREADS
 
 
