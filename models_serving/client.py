@@ -215,19 +215,38 @@ class _Accumulator:
 
 async def _events(stream: Any) -> AsyncGenerator[dict[str, Any], None]:
     """Decode the SSE body ourselves: the SDK's per-chunk model objects cost about 3x the CPU
-    (about 145 vs 45 us a chunk, benchmarks/README.md), and a web process relays many streams."""
-    done = False
-    async for line in stream.response.aiter_lines():  # read to the end: the connection is reused
-        if done or not line.startswith("data:"):
+    (about 145 vs 45 us a chunk, benchmarks/README.md), and a web process relays many streams.
+
+    The body is read as bytes (raw when the server sent it unencoded) and split into lines here:
+    httpx's text and line decoders add two generator layers and a decode per chunk, and
+    json.loads reads bytes as well as text.
+    """
+    response = stream.response
+    encoded = response.headers.get("content-encoding", "identity") not in ("", "identity")
+    body = response.aiter_bytes() if encoded else response.aiter_raw()
+    done, rest = False, b""
+    async for data in body:  # read to the end: the connection is reused
+        if done:
             continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            done = True
-            continue
-        chunk = json.loads(data)
-        if not isinstance(chunk, dict):
-            raise TypeError(f"a stream chunk must be an object, not {type(chunk).__name__}")
-        yield chunk
+        lines = (rest + data).split(b"\n") if rest else data.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            yield _decoded(payload)
+    if not done and rest.startswith(b"data:") and (payload := rest[5:].strip()) != b"[DONE]":
+        yield _decoded(payload)
+
+
+def _decoded(payload: bytes) -> dict[str, Any]:
+    chunk = json.loads(payload)
+    if not isinstance(chunk, dict):
+        raise TypeError(f"a stream chunk must be an object, not {type(chunk).__name__}")
+    return chunk
 
 
 async def _deltas(stream: Any, acc: _Accumulator) -> AsyncGenerator[str, None]:
@@ -253,9 +272,18 @@ async def _deltas(stream: Any, acc: _Accumulator) -> AsyncGenerator[str, None]:
 
 
 async def stream_chat(
-    spec: EndpointSpec, messages: list[dict[str, str]], params: dict[str, Any]
+    spec: EndpointSpec,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    *,
+    count: bool = True,
 ) -> AsyncGenerator[str | GenerationResult, None]:
-    """Yield text deltas as they arrive, then one GenerationResult; raise ModelCallError."""
+    """Yield text deltas as they arrive, then one GenerationResult; raise ModelCallError.
+
+    A stream that carried no usage is counted by the server's tokenizer before the result is
+    yielded (`count_tokens`); with count=False the result comes at once with usage_source "none"
+    and no counts, for a caller that counts later, off its participant's path.
+    """
     named, extra = _split_params(params)
     client = _client_for(spec)
     started = time.monotonic()
@@ -283,14 +311,18 @@ async def stream_chat(
         await stream.close()
     result = acc.result()
     if result.completion_tokens is None:
-        result = await _counted_by_server(spec, messages, result)
+        result = (
+            await count_tokens(spec, messages, result)
+            if count
+            else replace(result, usage_source="none")
+        )
     yield result
 
 
 _tokenize_support: dict[str, bool] = {}
 
 
-async def _counted_by_server(
+async def count_tokens(
     spec: EndpointSpec, messages: list[dict[str, str]], result: GenerationResult
 ) -> GenerationResult:
     """Ask the server's own tokenizer for counts when its stream carried no usage.

@@ -3,13 +3,15 @@
 import json
 import uuid
 
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import transaction
 
 from studies import selectors
 from studies.ratelimit import CLOSE_CODE, FrameLimiter, Verdict
 from studies.services import activity, generation, relay, turns
+from studies.services.db import db_call
 from studies.services.errors import StudyActionError
 from studies.sessions import CHAT_STATUSES, session_participant_id
 
@@ -24,7 +26,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        pid = await database_sync_to_async(session_participant_id)(
+        pid = await db_call(session_participant_id)(
             self.scope["session"], slug, statuses=CHAT_STATUSES
         )
         if pid is None:
@@ -35,18 +37,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.limiter = FrameLimiter()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await database_sync_to_async(turns.turn_reap_stale)(
-            participant_id=pid, running=generation.running_ids()
-        )
-        await database_sync_to_async(activity.activity_record)(
-            participant_id=pid, signal="connected"
-        )
+        await db_call(turns.turn_reap_stale)(participant_id=pid, running=generation.running_ids())
+        await db_call(activity.activity_record)(participant_id=pid, signal="connected")
         await self.send_json(await self._state())
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
-            await database_sync_to_async(activity.activity_record)(
+            await db_call(activity.activity_record)(
                 participant_id=self.participant_id, signal="disconnected", payload={"code": code}
             )
 
@@ -89,7 +87,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         text, key = content.get("text"), _uuid(content.get("key"))
         if not isinstance(text, str) or key is None:
             raise StudyActionError("malformed", "The page sent an incomplete message.")
-        started, plan = await database_sync_to_async(_start_turn)(self.participant_id, text, key)
+        started, plan = await db_call(_start_turn)(self.participant_id, text, key)
         reply = started.assistant_message
         if reply is not None:  # the model call goes out before anything else is sent
             generation.generation_start(
@@ -105,7 +103,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _retry(self, content: dict) -> None:
         if not isinstance(content.get("message_id"), int):
             raise StudyActionError("malformed", "The page sent an incomplete retry.")
-        reply = await database_sync_to_async(turns.turn_retry)(
+        reply = await db_call(turns.turn_retry)(
             participant_id=self.participant_id, message_id=content["message_id"]
         )
         generation.generation_start(message_id=reply.pk, participant_id=self.participant_id)
@@ -120,7 +118,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         after, score = content.get("after_turn"), content.get("score")
         if not isinstance(after, int) or not isinstance(score, int):
             raise StudyActionError("malformed", "The page sent an incomplete rating.")
-        await database_sync_to_async(turns.rating_record)(
+        await db_call(turns.rating_record)(
             participant_id=self.participant_id, after_turn=after, score=score
         )
         await relay.publish(self.participant_id, {"frame": "rated"})
@@ -130,13 +128,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         signal = content.get("signal")
         if signal not in activity.CLIENT_SIGNALS:
             raise StudyActionError("malformed", "Unknown presence signal.")
-        await database_sync_to_async(activity.activity_record)(
-            participant_id=self.participant_id, signal=signal
-        )
+        await db_call(activity.activity_record)(participant_id=self.participant_id, signal=signal)
 
     async def _paste(self, content: dict) -> None:
         try:
-            await database_sync_to_async(activity.paste_record)(
+            await db_call(activity.paste_record)(
                 participant_id=self.participant_id, chars=content.get("chars")
             )
         except ValueError as exc:
@@ -148,16 +144,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         state = await self._state()
         if _elsewhere(state):  # the page syncs when a streaming reply goes quiet: is it orphaned?
             # Ended (with retry) if no live process runs it; a copy held in Redis is stored.
-            await database_sync_to_async(turns.turn_reap_stale)(
+            await db_call(turns.turn_reap_stale)(
                 participant_id=self.participant_id, running=generation.running_ids()
             )
-            state = await self._state()
+            state = await self._state()  # a held copy may have been stored too: read again
         await self.send_json(state)
 
     async def _state(self) -> dict:
-        state = await database_sync_to_async(selectors.chat_state)(
-            participant_id=self.participant_id
-        )
+        state = await db_call(selectors.chat_state)(participant_id=self.participant_id)
         for message in state["messages"]:
             live = generation.running_reply(message["id"])
             if live is not None and message["status"] == "streaming":
@@ -165,12 +159,17 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return state
 
     async def dispatch(self, message: dict) -> None:
-        # Relayed frames touch no database: skip channels' per-message close_old_connections,
-        # which queues every frame behind all database work on the process's one DB thread.
+        # channels runs close_old_connections before every message on the process's one
+        # thread-sensitive thread, so each frame (a relayed delta, a turn, a presence ping) would
+        # queue behind that thread's work. This consumer's database calls run on
+        # studies.services.db, which closes each connection after its call: nothing to close.
         if message.get("type") == "chat.frame":
             await self.chat_frame(message)
             return
-        await super().dispatch(message)
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def chat_frame(self, event: dict) -> None:
         frame = {k: v for k, v in event.items() if k not in ("type", "frame")}
@@ -205,10 +204,11 @@ def _elsewhere(state: dict) -> bool:
 
 
 def _start_turn(participant_id: int, text: str, key: uuid.UUID) -> tuple:
-    """Store the turn and read its generation plan in one trip to the database thread."""
-    started = turns.turn_start(participant_id=participant_id, text=text, key=key)
-    reply = started.assistant_message
-    return started, (selectors.generation_plan(message_id=reply.pk) if reply else None)
+    """Store the turn and read its generation plan: one trip to a database thread, one commit."""
+    with transaction.atomic():
+        started = turns.turn_start(participant_id=participant_id, text=text, key=key)
+        reply = started.assistant_message
+        return started, (selectors.generation_plan(message_id=reply.pk) if reply else None)
 
 
 def _uuid(value: object) -> uuid.UUID | None:

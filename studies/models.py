@@ -408,6 +408,9 @@ class Message(models.Model):
     role = models.CharField(max_length=10, choices=Role.choices)
     attempt = models.PositiveSmallIntegerField(default=1)
     content = models.TextField(blank=True)
+    # A complete reply's content rendered to sanitised HTML, once, when it is stored (rows
+    # completed before this field existed are rendered on read: selectors.message_frame).
+    html = models.TextField(blank=True, editable=False)
     status = models.CharField(max_length=12, choices=Status.choices)
     error_kind = models.CharField(max_length=30, blank=True)
     error_detail = models.TextField(blank=True)

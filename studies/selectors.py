@@ -90,7 +90,8 @@ def message_frame(message: Message) -> dict:
         "text": message.content,
     }
     if message.role == Message.Role.ASSISTANT and message.status == M.COMPLETE:
-        frame["html"] = render_markdown(message.content)
+        # Stored at completion; a row completed before that was stored is rendered here.
+        frame["html"] = message.html or render_markdown(message.content)
     if message.status in (M.FAILED, M.INTERRUPTED):
         frame["error"] = message.error_kind
     return frame

@@ -200,6 +200,10 @@ CHAT_ALIVE_SECONDS = env.float("CHAT_ALIVE_SECONDS", default=4.0)
 # and how long a finished reply waits in Redis for the database to come back.
 CHAT_REAP_WITHOUT_REDIS_SECONDS = env.float("CHAT_REAP_WITHOUT_REDIS_SECONDS", default=300.0)
 CHAT_HOLD_SECONDS = env.int("CHAT_HOLD_SECONDS", default=86400)
+# Threads (so connections) a web process gives the chat's database calls (studies.services.db);
+# 0: 2, at most the connection pool's max_size less one (more threads take GIL time from the
+# event loop that relays tokens: see the module's docstring).
+CHAT_DB_THREADS = env.int("CHAT_DB_THREADS", default=0)
 IDLE_THRESHOLD_SECONDS = env.int("IDLE_THRESHOLD_SECONDS", default=60)
 HEARTBEAT_SECONDS = env.int("HEARTBEAT_SECONDS", default=15)
 

@@ -27,20 +27,26 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
 from models_serving import metrics
-from models_serving.client import GenerationResult, ModelCallError, stream_chat
+from models_serving.client import (
+    EndpointSpec,
+    GenerationResult,
+    ModelCallError,
+    count_tokens,
+    stream_chat,
+)
 from models_serving.limits import Lease, StreamSlots
 from models_serving.routing import choose_replica
 from studies.models import Message
 from studies.selectors import GenerationPlan, generation_plan, message_frame
 from studies.services import inflight, relay, turns
+from studies.services.db import db_call
 from studies.services.errors import StudyActionError
 from studies.services.relay import Backoff, publish
 from studies.services.relay import chat_group as chat_group  # the consumer's name for it
@@ -138,7 +144,7 @@ async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
     endpoint = plan.endpoint if plan is not None else "unknown"
     try:
         if plan is None:
-            plan = await database_sync_to_async(generation_plan)(message_id=reply.message_id)
+            plan = await db_call(generation_plan)(message_id=reply.message_id)
         endpoint = plan.endpoint
         async with _stream_slots() as slots:
             with metrics.stream_in_flight(endpoint):
@@ -147,6 +153,8 @@ async def _generate(reply: RunningReply, plan: GenerationPlan | None) -> None:
         frames.cancel()
         checkpoints.cancel()
         await _finish(reply, result)
+        if result.completion_tokens is None:  # llama.cpp: counted now, the participant has it
+            _count_later(reply, plan, result)
         metrics.observe_reply(
             endpoint,
             "completed",
@@ -282,7 +290,7 @@ async def _stream_from(
 ) -> GenerationResult:
     result: GenerationResult | None = None
     spec = replace(plan.spec, base_url=url)
-    async with aclosing(stream_chat(spec, plan.messages, plan.params)) as stream:
+    async with aclosing(stream_chat(spec, plan.messages, plan.params, count=False)) as stream:
         async for item in stream:
             if isinstance(item, GenerationResult):
                 result = item
@@ -314,6 +322,54 @@ async def _finish(reply: RunningReply, result: GenerationResult) -> None:
         await publish(reply.participant_id, {"frame": "complete", **frame})
 
 
+_counting: set[asyncio.Task] = set()
+
+
+def _count_later(reply: RunningReply, plan: GenerationPlan, result: GenerationResult) -> None:
+    """Count a stored reply's tokens with the server's tokenizer in the background.
+
+    A stream without usage (llama.cpp) is counted only after its slot is released and its
+    complete frame is sent: the count waits in the server's queue behind other generations, and
+    nobody waits for it. The row keeps usage_source "none" until the counts are recorded.
+    """
+    spec = replace(plan.spec, base_url=reply.replica or plan.spec.base_url)
+    task = asyncio.get_running_loop().create_task(
+        _count(reply.message_id, spec, plan.messages, result)
+    )
+    _counting.add(task)
+    task.add_done_callback(_counted)
+
+
+def counting() -> int:
+    """Token counts of stored replies still running in the background of this process."""
+    return len(_counting)
+
+
+def _counted(task: asyncio.Task) -> None:
+    _counting.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("counting the tokens of a reply failed", exc_info=error)
+
+
+async def _count(
+    message_id: int, spec: EndpointSpec, messages: list[dict[str, str]], result: GenerationResult
+) -> None:
+    counted = await count_tokens(spec, messages, result)
+    if counted.usage_source != "tokenize":
+        return
+    with contextlib.suppress(DatabaseError):  # logged and counted by _retrying; counts only
+        await _retrying(
+            lambda: db_call(turns.turn_usage_record)(
+                message_id=message_id,
+                prompt_tokens=counted.prompt_tokens,
+                completion_tokens=counted.completion_tokens,
+                usage_source=counted.usage_source,
+            ),
+            what="token counts",
+            message_id=message_id,
+        )
+
+
 async def _store(fields: dict, *, held: bool = False) -> dict | None:
     """One try of the final write: the frame that tells the participant, or None for none.
 
@@ -324,10 +380,10 @@ async def _store(fields: dict, *, held: bool = False) -> dict | None:
     message_id = fields["message_id"]
     try:
         try:
-            outcome = await database_sync_to_async(turns.turn_complete)(**fields, held=held)
+            outcome = await db_call(turns.turn_complete)(**fields, held=held)
         except StudyActionError as exc:
             log.warning("reply %s finished but was not stored: %s", message_id, exc.code)
-            message = await Message.objects.aget(pk=message_id)
+            message = await db_call(Message.objects.get)(pk=message_id)
             return {"message": message_frame(message)}
     except Message.DoesNotExist:
         log.error("reply %s finished but its row is gone; text dropped", message_id)
@@ -335,10 +391,13 @@ async def _store(fields: dict, *, held: bool = False) -> dict | None:
     if outcome.superseded:
         log.info("reply %s finished too late to count; text kept", message_id)
         return None
+    # Everything the page needs after a reply (it asks for no whole chat): the stored message
+    # with its HTML, rendered once at completion, and the participant's counters.
     return {
         "message": message_frame(outcome.message),
         "completed_turns": outcome.completed_turns,
         "rating_due": outcome.rating_due_after,
+        "status": outcome.status,
     }
 
 
@@ -418,13 +477,13 @@ async def _hold(reply: RunningReply, fields: dict, *, announce: bool = True) -> 
     return held
 
 
-async def _end(**fields: object) -> None:
+async def _end(**fields: Any) -> None:
     """turn_fail, retried like the final write; if the database stays away, the reaper ends it."""
     message_id = fields["message_id"]
     assert isinstance(message_id, int)
     with contextlib.suppress(DatabaseError):
         await _retrying(
-            lambda: database_sync_to_async(turns.turn_fail)(**fields),
+            lambda: db_call(turns.turn_fail)(**fields),
             what="ending",
             message_id=message_id,
         )

@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from models_serving import metrics
 from studies.services import inflight, turns
+from studies.services.db import db_call
 from studies.services.deltas import utf16_len
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ async def checkpoints(reply: "RunningReply", stop: Callable[[], None]) -> None:
     while True:
         await asyncio.sleep(wait)
         try:
-            live = await database_sync_to_async(turns.turn_checkpoint)(
+            live = await db_call(turns.turn_checkpoint)(
                 message_id=reply.message_id, text=reply.text
             )
         except Exception:  # a database blip; the text stays in memory and the stream goes on

@@ -24,6 +24,7 @@ from studies.services import inflight
 from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
+from studies.services.rendering import render_markdown
 from studies.services.versions import arm_settings, frozen_study
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class TurnOutcome:
     rating_due_after: int | None
     completed_turns: int
     superseded: bool = False  # a late reply kept on its reaped row; a retry replaced it
+    status: str = ""  # the participant's status after the write
 
 
 def turn_complete(
@@ -252,6 +254,7 @@ def turn_complete(
     complete reply raises `already_complete` (held replies may be written twice: stored once).
     """
     now = timezone.now()
+    html = render_markdown(text)  # once, outside the locks; every later read reuses it
     with transaction.atomic():
         # Lock order everywhere: participant, then message.
         participant = _lock(
@@ -272,6 +275,7 @@ def turn_complete(
         if participant.status not in (P.CHATTING, P.RATING_DUE):  # finished, left or excluded
             return _keep_late_reply(participant, message, text)
         message.content = text
+        message.html = html
         message.status = M.COMPLETE
         if reaped:
             message.error_kind = message.error_detail = ""
@@ -306,7 +310,25 @@ def turn_complete(
                 **({"held": True} if held else {}),
             },
         )
-    return TurnOutcome(message, rating_due, done)
+    return TurnOutcome(message, rating_due, done, status=participant.status)
+
+
+def turn_usage_record(
+    *, message_id: int, prompt_tokens: int | None, completion_tokens: int | None, usage_source: str
+) -> bool:
+    """Record token counts made after the reply was stored (one UPDATE; False if none changed).
+
+    Only a reply stored without counts gets them: counts the stream carried are never replaced.
+    """
+    rows = Message.objects.filter(pk=message_id, status=M.COMPLETE, completion_tokens__isnull=True)
+    return (
+        rows.update(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            usage_source=usage_source,
+        )
+        > 0
+    )
 
 
 def _keep_late_reply(participant: Participant, message: Message, text: str) -> TurnOutcome:
@@ -386,11 +408,12 @@ def turn_reap_stale(*, participant_id: int | None, running: set[int]) -> list[in
     cannot be asked, only rows untouched for CHAT_REAP_WITHOUT_REDIS_SECONDS (a longer bound)
     are reaped.
 
-    For one participant (their socket connecting, or their page's sync) the quiet bound is the
-    key's TTL: a participant looking at a reply whose web process died sees it interrupted,
-    with retry, within seconds. The periodic sweep (None), which nobody waits for, keeps the
-    longer CHAT_STALE_STREAM_SECONDS. For one participant Redis is asked for held replies only
-    when the participant has a reply that could be held; the sweep always drains.
+    For one participant (their socket connecting, or their page's sync; on one of the chat's
+    database threads) the quiet bound is the key's TTL: a participant looking at a reply whose
+    web process died sees it interrupted, with retry, within seconds. The periodic sweep (None),
+    which nobody waits for, keeps the longer CHAT_STALE_STREAM_SECONDS. For one participant
+    Redis is asked for held replies only when the participant has a reply that could be held;
+    the sweep always drains.
     """
     if participant_id is None or _may_hold(participant_id, running):
         turn_store_held(participant_id=participant_id)

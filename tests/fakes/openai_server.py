@@ -3,7 +3,9 @@
 The request's model picks the behaviour: fake streams N tokens "tok0 tok1 ..."; fake-slow waits
 before the first token; fake-stall sends one token, fake-stall-first only headers, then nothing;
 fake-500 and fake-400 fail with that status; fake-malformed sends invalid JSON; fake-truncated
-ends without finish_reason or [DONE]; fake-drop cuts the connection mid-stream; fake-script
+ends without finish_reason or [DONE]; fake-drop cuts the connection mid-stream; fake-llamacpp
+streams like llama-cpp-python's server (no usage chunk even when asked; counts come from
+POST /extras/tokenize/count, which waits while `count_gate` is set and cleared); fake-script
 answers with the server's next scripted reply (`responder(body)`, else `script`, a list it pops
 from the front; "!500" fails that call; fake_delay_ms spaces its words). max_tokens sets N;
 extra body fields fake_delay_ms and fake_first_token_delay_ms override the delays per request.
@@ -25,7 +27,7 @@ from typing import Any, cast
 
 MODELS = tuple(
     "fake fake-slow fake-stall fake-stall-first fake-500 fake-400 fake-malformed fake-truncated"
-    " fake-drop fake-script".split()
+    " fake-drop fake-script fake-llamacpp".split()
 )
 
 
@@ -39,6 +41,7 @@ class FakeStats:
     disconnects: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    counts: int = 0  # POST /extras/tokenize/count requests answered
     last_body: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +123,8 @@ class FakeOpenAIServer:
     first_token_delay: float = 1.0
     stats: FakeStats = field(default_factory=FakeStats)
     script: list[str] = field(default_factory=list)
+    # While set to a cleared Event, /extras/tokenize/count waits for it (a busy llama.cpp slot).
+    count_gate: asyncio.Event | None = None
     # For fake-script under concurrency: picks the reply from the request body (wins over script).
     responder: Callable[[dict[str, Any]], str] | None = None
     _server: asyncio.Server | None = field(default=None, init=False, repr=False)
@@ -191,6 +196,13 @@ class FakeOpenAIServer:
             # vLLM's tokenizer endpoint; the fake's tokens are whitespace-separated words.
             words = len(str(json.loads(body).get("prompt", "")).split())
             writer.write(_json_response(200, {"count": words, "tokens": list(range(words))}))
+        elif (method, path) == ("POST", "/extras/tokenize/count"):
+            # llama-cpp-python's tokenizer count; the fake's tokens are whitespace-separated words.
+            if self.count_gate is not None:
+                await self.count_gate.wait()
+            words = len(str(json.loads(body).get("input", "")).split())
+            self.stats.counts += 1
+            writer.write(_json_response(200, {"count": words}))
         elif (method, path) == ("POST", "/v1/chat/completions"):
             self.stats.chat_requests += 1
             self.stats.in_flight += 1
@@ -315,7 +327,8 @@ class FakeOpenAIServer:
                 break
         if model not in ("fake-truncated", "fake-malformed"):
             writer.write(_event(reply.chunk({}, "length" if body.get("max_tokens") else "stop")))
-            if (body.get("stream_options") or {}).get("include_usage"):
+            usage = (body.get("stream_options") or {}).get("include_usage")
+            if usage and model != "fake-llamacpp":
                 writer.write(_event(reply.chunk(None, usage=_usage(body, count))))
             writer.write(_event("[DONE]"))
         writer.write(b"0\r\n\r\n")

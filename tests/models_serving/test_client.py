@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from models_serving.client import (
     EndpointSpec,
     GenerationResult,
     ModelCallError,
+    _events,
     close_clients,
     stream_chat,
 )
@@ -206,3 +208,34 @@ def test_each_failure_kind_has_its_own_user_message_without_the_detail():
 def test_an_unknown_error_kind_is_refused():
     with pytest.raises(ValueError, match="kind"):
         ModelCallError("oops", "detail")  # type: ignore[arg-type]
+
+
+class _Body:
+    """A streamed response whose body arrives in the given pieces."""
+
+    def __init__(self, pieces: list[bytes], encoding: str = "") -> None:
+        self.pieces = pieces
+        self.headers = {"content-encoding": encoding} if encoding else {}
+
+    async def aiter_raw(self):
+        for piece in self.pieces:
+            yield piece
+
+    aiter_bytes = aiter_raw
+
+
+async def test_server_sent_events_split_anywhere_decode_whole():
+    body = (
+        b'data: {"choices": [{"delta": {"content": "h\\u00e9"}}]}\r\n\r\n'
+        b': a comment\n\ndata:{"choices": [{"delta": {"content": "\xf0\x9f\x98\x80"}}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    for cut in range(1, len(body)):
+        stream = SimpleNamespace(response=_Body([body[:cut], body[cut:]]))
+        chunks = [c async for c in _events(stream)]
+        assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["hé", "😀"], cut
+
+
+async def test_a_last_event_without_a_newline_is_read():
+    stream = SimpleNamespace(response=_Body([b'data: {"a": 1}\n\ndata: {"b": 2}'], "identity"))
+    assert [c async for c in _events(stream)] == [{"a": 1}, {"b": 2}]

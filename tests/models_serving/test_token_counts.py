@@ -49,7 +49,7 @@ def result() -> GenerationResult:
 async def count(server, mode):
     _Handler.mode = mode
     spec = EndpointSpec(base_url=f"http://127.0.0.1:{server.server_port}/v1", model="m")
-    return await client._counted_by_server(spec, [{"role": "user", "content": "a b"}], result())
+    return await client.count_tokens(spec, [{"role": "user", "content": "a b"}], result())
 
 
 async def test_counts_come_from_the_servers_tokenizer(tokenizer_server):

@@ -94,9 +94,9 @@ async def send_turn(comm, text="Help me write a blog post."):
 
 
 async def settled():
-    """Wait for this process's generation tasks to end."""
+    """Wait for this process's generation tasks to end (token counts after replies too)."""
     for _ in range(200):
-        if not generation.running_ids():
+        if not generation.running_ids() and not generation.counting():
             return
         await asyncio.sleep(0.05)
     raise AssertionError("generation did not finish")

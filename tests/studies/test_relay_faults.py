@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from channels.layers import get_channel_layer
-from django.db import OperationalError, connection
+from django.db import OperationalError
+from django.db.backends.signals import connection_created
 from prometheus_client import REGISTRY
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -205,7 +206,7 @@ async def test_a_final_write_failing_for_good_is_held_in_redis_and_stored_once_b
 
 
 class Outage:
-    """Every SQL statement of the database thread fails while `down`: PostgreSQL is away."""
+    """Every SQL statement of the database threads fails while `down`: PostgreSQL is away."""
 
     def __init__(self) -> None:
         self.down, self.refused = False, 0
@@ -219,12 +220,23 @@ class Outage:
 
 @pytest.fixture
 async def outage():
-    """An execute wrapper on the connection that the replies' database thread uses."""
-    fault = Outage()
-    await sync_to_async(lambda: connection.execute_wrappers.append(fault))()
+    """An execute wrapper on every connection the replies' database threads open meanwhile.
+
+    Their calls run on several threads, each opening a connection per call (studies.services.db).
+    """
+    fault, wrapped = Outage(), []
+
+    def wrap(sender, connection, **kwargs) -> None:
+        if fault not in connection.execute_wrappers:
+            connection.execute_wrappers.append(fault)
+            wrapped.append(connection)
+
+    connection_created.connect(wrap)
     yield fault
+    connection_created.disconnect(wrap)
     fault.down = False
-    await sync_to_async(lambda: connection.execute_wrappers.remove(fault))()
+    for each in wrapped:
+        each.execute_wrappers.remove(fault)
 
 
 async def test_a_reply_outlives_a_database_outage_from_mid_stream_to_after_its_end(

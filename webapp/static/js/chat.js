@@ -239,7 +239,13 @@
     } else if (f.type === "complete") {
       render(f.message);
       announce(f.message.id, f.message.text, true);
-      send({ type: "sync" });
+      if (f.status === undefined) { send({ type: "sync" }); return; } // stored late: no counters
+      // The frame carries the rendered reply and the counters: no need to fetch the whole chat.
+      last.status = f.status;
+      last.completed_turns = f.completed_turns;
+      last.rating_due = f.rating_due;
+      last.can_finish = f.status === "chatting" && (f.completed_turns >= last.min_turns || timeUp);
+      setControls(last);
     } else if (f.type === "failed") {
       render({ id: f.id, role: "assistant", status: "failed", text: f.text, message: f.message });
       alerts.textContent = f.message;
