@@ -254,6 +254,9 @@ TRAINING_VLLM_PYTHON = env.str(
 # Prometheus metrics at /metrics (webapp/metrics.py): off (404) while this is empty; scrapers send
 # `Authorization: Bearer <token>`, staff may open it in the browser.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Several web processes on one port: the folder where each writes its figures (prometheus_client
+# reads the same variable itself); /metrics then adds them up. Empty it before the server starts.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 # Largest websocket frame the ASGI server accepts, in bytes. uvicorn reads this same variable
 # itself (--ws-max-size); 0 means unset (uvicorn's 16 MiB). The deploy checks compare it with
 # CHAT_MAX_MESSAGE_CHARS (webapp/checks.py).
