@@ -261,6 +261,44 @@ class ConnectionSampler(threading.Thread):
                 time.sleep(0.05)
 
 
+def _tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of `root` and every live descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pid, ppid = int(entry.name), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        times[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+def _postmaster() -> int:
+    """The pid of the PostgreSQL server the benchmark database lives on (0 if unknown)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    connection.close()
+    try:
+        return int((Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split())[1])
+    except OSError:
+        return 0  # another machine
+
+
 def cpu_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far."""
     fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -280,11 +318,23 @@ def one_burst(args: argparse.Namespace, arrivals: int, run: str) -> dict[str, An
     log = Path(tempfile.gettempdir()) / f"arrival_burst-{run}-{arrivals}.log"
     proc, base = start_web(Path(args.app_root), args.web_processes, pool, log)
     sampler = ConnectionSampler()
+    postmaster = _postmaster()
+    connection.close_pool()
+
+    def ours() -> dict[str, float]:
+        return {
+            "web": _tree_cpu(proc.pid),
+            "client": sum(os.times()[:2]),
+            "postgres": _tree_cpu(postmaster) if postmaster else 0.0,
+        }
+
     try:
         sampler.start()
         load_before = os.getloadavg()
         busy0, total0 = cpu_busy()
+        cpu0, window = ours(), time.monotonic()
         tally, wall = asyncio.run(burst(base, slug, ids))
+        cpu1, window = ours(), time.monotonic() - window
         busy1, total1 = cpu_busy()
     finally:
         sampler.stop.set()
@@ -308,8 +358,19 @@ def one_burst(args: argparse.Namespace, arrivals: int, run: str) -> dict[str, An
         "loadavg_before": load_before,
         "cpus_busy_during": round((busy1 - busy0) / max(wall, 1e-9), 2),
         "cpu_share_busy": round((busy1 - busy0) / max(total1 - total0, 1e-9), 2),
+        # CPU-seconds per wall second: the web processes, this client, the PostgreSQL server,
+        # and whatever else the machine ran meanwhile.
+        "cpus": _per_second(cpu0, cpu1, busy1 - busy0, window),
         "web_log": str(log),
     }
+
+
+def _per_second(
+    before: dict[str, float], after: dict[str, float], busy: float, wall: float
+) -> dict[str, float]:
+    used = {name: after[name] - before[name] for name in before}
+    used["other"] = max(0.0, busy - sum(used.values()))
+    return {name: round(value / max(wall, 1e-9), 2) for name, value in used.items()}
 
 
 def row(tag: str, r: dict[str, Any]) -> str:
@@ -322,7 +383,9 @@ def row(tag: str, r: dict[str, Any]) -> str:
         f"{b['participants']} | {b['shared_positions']} | {b['max_imbalance']:g} | "
         f"{entry.get('p50', '—')} / {entry.get('p99', '—')} | "
         f"{consent.get('p50', '—')} / {consent.get('p99', '—')} | {r['wall_s']} | "
-        f"{r['connections_peak']} | {r['cpu_share_busy']:.0%} |"
+        f"{r['connections_peak']} | {r['cpu_share_busy']:.0%} | "
+        + " / ".join(f"{r['cpus'][k]:.2f}" for k in ("web", "client", "postgres", "other"))
+        + " |"
     )
 
 
@@ -330,8 +393,9 @@ HEADER = (
     "| run | N | 5xx (not busy) | busy pages | arrivals failed (network) | "
     "consented / distinct ids | "
     "participants | shared positions | worst imbalance | entry ms p50 / p99 | "
-    "consent ms p50 / p99 | burst s | connections peak | machine CPU busy |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "consent ms p50 / p99 | burst s | connections peak | machine CPU busy | "
+    "CPUs: web / client / postgres / other |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -348,7 +412,9 @@ def write(result: dict[str, Any], tag: str) -> None:
         f"{result['web_processes']} web processes (`uvicorn --workers`), pool "
         f"{result['pool']}; code: {result['app_root_commit']}.",
         "",
-        "`machine CPU busy`: share of all CPUs busy during the burst, other work included.",
+        "`machine CPU busy`: share of all CPUs busy during the burst, other work included; "
+        "`CPUs`: CPU-seconds per second of the web processes, the client, the PostgreSQL "
+        "server and `other` work on the machine.",
         "",
         HEADER,
         *[row(tag, r) for r in result["runs"]],

@@ -223,9 +223,11 @@ def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
     # One worker with an embedded beat (periodic housekeeping) is enough for a demo.
     worker_command = ["-m", "celery", "-A", "webapp", "worker", "-l", "info", "--concurrency", "1"]
     worker_command += ["--beat", "--schedule", str(LOCAL / "celerybeat-schedule")]
+    # As in docker/compose.yaml: Celery closes connections around every task, so a pool in the
+    # worker would only open DATABASE_POOL_MIN_SIZE connections per task.
     worker = spawn(
         "worker", [sys.executable, *worker_command],
-        log_path=LOGS / "worker.log", env=env, echo=True,
+        log_path=LOGS / "worker.log", env={**env, "DATABASE_POOL": "false"}, echo=True,
     )  # fmt: skip
     stack.callback(worker.stop)
     base = f"http://127.0.0.1:{port}"
