@@ -81,7 +81,7 @@ def bench_url() -> str:
     return database_url(server, BENCH_DB)
 
 
-def bench_env(pool: bool) -> dict[str, str]:
+def bench_env(pool: bool, pool_timeout: float | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="webapp.settings",
@@ -99,6 +99,8 @@ def bench_env(pool: bool) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     env.update(POOLED if pool else {"DATABASE_POOL": "false", "DATABASE_CONN_MAX_AGE": "0"})
+    if pool and pool_timeout is not None:
+        env["DATABASE_POOL_TIMEOUT"] = str(pool_timeout)
     for name in ("DJANGO_SECRET_KEY_FILE", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)
     return env
@@ -120,7 +122,7 @@ def free_port() -> int:
 
 
 def start_web(
-    app_root: Path, processes: int, pool: bool, log: Path
+    app_root: Path, processes: int, env: dict[str, str], log: Path
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host", "127.0.0.1"]
@@ -128,7 +130,7 @@ def start_web(
     command += ["--backlog", "4096"]
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            command, cwd=app_root, env=bench_env(pool), stdout=out, stderr=subprocess.STDOUT,
+            command, cwd=app_root, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -316,7 +318,8 @@ def one_burst(args: argparse.Namespace, arrivals: int, run: str) -> dict[str, An
     connection.close()
     connection.close_pool()  # only the web processes' connections count in the peak
     log = Path(tempfile.gettempdir()) / f"arrival_burst-{run}-{arrivals}.log"
-    proc, base = start_web(Path(args.app_root), args.web_processes, pool, log)
+    env = bench_env(pool, args.pool_timeout)
+    proc, base = start_web(Path(args.app_root), args.web_processes, env, log)
     sampler = ConnectionSampler()
     postmaster = _postmaster()
     connection.close_pool()
@@ -410,7 +413,13 @@ def write(result: dict[str, Any], tag: str) -> None:
         f"{m['postgres']} (max_connections {result['max_connections']}); load average before "
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_before'])}; "
         f"{result['web_processes']} web processes (`uvicorn --workers`), pool "
-        f"{result['pool']}; code: {result['app_root_commit']}.",
+        f"{result['pool']}"
+        + (
+            f" (max 10 per process, timeout {result['pool_timeout']:g} s)"
+            if result["pool"] == "on"
+            else ""
+        )
+        + f"; code: {result['app_root_commit']}.",
         "",
         "`machine CPU busy`: share of all CPUs busy during the burst, other work included; "
         "`CPUs`: CPU-seconds per second of the web processes, the client, the PostgreSQL "
@@ -428,6 +437,7 @@ def main() -> None:
     parser.add_argument("--arrivals", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--pool", choices=["on", "off"], default="on")
+    parser.add_argument("--pool-timeout", type=float, help="DATABASE_POOL_TIMEOUT (default 10)")
     parser.add_argument("--app-root", default=str(ROOT), help="the checkout the web server runs")
     parser.add_argument("--tag", default="after")
     parser.add_argument("--no-write", action="store_true")
@@ -455,6 +465,7 @@ def main() -> None:
         "max_connections": max_connections,
         "web_processes": args.web_processes,
         "pool": args.pool,
+        "pool_timeout": args.pool_timeout or float(POOLED["DATABASE_POOL_TIMEOUT"]),
         "app_root_commit": commit or args.app_root,
         "runs": [],
     }

@@ -16,6 +16,7 @@ import psutil
 import psycopg
 import pytest
 
+from webapp import devrunner
 from webapp.devrunner import secret_key_file
 from webapp.devservices import (
     free_port,
@@ -142,3 +143,20 @@ def test_a_port_with_a_listener_is_not_free():
         port = listener.getsockname()[1]
         assert not port_is_free(port)
         assert free_port(port) != port
+
+
+def test_the_demo_runs_two_web_processes_unless_told_otherwise():
+    assert devrunner.web_processes({}) == 2
+    assert devrunner.web_processes({"WEB_PROCESSES": "3"}) == 3
+    with pytest.raises(RuntimeError, match="WEB_PROCESSES"):
+        devrunner.web_processes({"WEB_PROCESSES": "0"})
+
+
+def test_the_demo_empties_its_metrics_folder_and_names_it(tmp_path: Path):
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    (folder / "counter_123.db").write_bytes(b"stale")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    devrunner.metrics_dir(env)
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
+    assert folder.is_dir() and not any(folder.iterdir())
