@@ -102,7 +102,10 @@ def test_embedded_postgres_accepts_connections_at_its_url_and_stops(tmp_path: Pa
     try:
         with psycopg.connect(postgres.url) as conn:
             row = conn.execute("SELECT current_database(), inet_server_addr()").fetchone()
+            limit = int(conn.execute("SHOW max_connections").fetchone()[0])
         assert row == ("devrunner_check", None)  # no address: a unix socket
+        # The demo's pools (2 web processes x 10) and worker, or the test suite's, fit.
+        assert limit >= devrunner.web_processes({}) * 10 + 10 + 3
         config = environ.Env.db_url_config(postgres.url)
         with psycopg.connect(dbname=config["NAME"], user=config["USER"], **config["OPTIONS"]):
             pass
