@@ -3,8 +3,7 @@
 Run from the repository root (about 2 minutes for 200 and 1,000 on 2 CPUs):
 
     .venv/bin/python benchmarks/arrival_burst.py                      # 200 and 1000, pooled
-    .venv/bin/python benchmarks/arrival_burst.py --arrivals 200 --pool off --tag before \\
-        --app-root /path/to/a/checkout/of/main
+    .venv/bin/python benchmarks/arrival_burst.py --before b2311e2     # that commit first, no pool
 
 It needs PostgreSQL and Redis: DATABASE_URL names the server (default
 postgres://postgres@127.0.0.1:5432; use a server of its own: a burst without a pool opens up to N
@@ -432,6 +431,35 @@ def write(result: dict[str, Any], tag: str) -> None:
     (RESULTS / f"arrival_burst-{tag}.md").write_text("\n".join(lines))
 
 
+def archive(ref: str) -> str:
+    """A checkout of `ref` (git archive) in a temporary folder, for the before run."""
+    folder = tempfile.mkdtemp(prefix=f"arrival_burst-{ref}-")
+    tar = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", folder], input=tar.stdout, check=True)
+    return folder
+
+
+def run_variant(args: argparse.Namespace, max_connections: int, code: str) -> None:
+    run = datetime.now(UTC).strftime("%H%M%S")
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "max_connections": max_connections,
+        "web_processes": args.web_processes,
+        "pool": args.pool,
+        "pool_timeout": args.pool_timeout or float(POOLED["DATABASE_POOL_TIMEOUT"]),
+        "app_root_commit": code,
+        "runs": [],
+    }
+    for n in args.arrivals:
+        r = one_burst(args, n, run)
+        result["runs"].append(r)
+        print(HEADER.splitlines()[0] if len(result["runs"]) == 1 else "", flush=True)
+        print(row(args.tag, r), flush=True)
+    if not args.no_write:
+        write(result, args.tag)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arrivals", type=int, nargs="+", default=[200, 1000])
@@ -439,6 +467,9 @@ def main() -> None:
     parser.add_argument("--pool", choices=["on", "off"], default="on")
     parser.add_argument("--pool-timeout", type=float, help="DATABASE_POOL_TIMEOUT (default 10)")
     parser.add_argument("--app-root", default=str(ROOT), help="the checkout the web server runs")
+    parser.add_argument(
+        "--before", metavar="REF", help="first run REF (git archive) with the pool off, tag before"
+    )
     parser.add_argument("--tag", default="after")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -455,27 +486,14 @@ def main() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SHOW max_connections")
         max_connections = int(cursor.fetchone()[0])
+    if args.before:
+        before = argparse.Namespace(**{**vars(args), "pool": "off", "tag": "before"})
+        before.app_root = archive(args.before)
+        run_variant(before, max_connections, f"{args.before} (git archive)")
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=args.app_root, capture_output=True, text=True
     ).stdout.strip()
-    run = datetime.now(UTC).strftime("%H%M%S")
-    result: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "max_connections": max_connections,
-        "web_processes": args.web_processes,
-        "pool": args.pool,
-        "pool_timeout": args.pool_timeout or float(POOLED["DATABASE_POOL_TIMEOUT"]),
-        "app_root_commit": commit or args.app_root,
-        "runs": [],
-    }
-    for n in args.arrivals:
-        r = one_burst(args, n, run)
-        result["runs"].append(r)
-        print(HEADER.splitlines()[0] if len(result["runs"]) == 1 else "", flush=True)
-        print(row(args.tag, r), flush=True)
-    if not args.no_write:
-        write(result, args.tag)
+    run_variant(args, max_connections, commit or args.app_root)
 
 
 if __name__ == "__main__":
