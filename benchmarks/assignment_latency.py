@@ -126,9 +126,9 @@ def worker(slug: str, chunks: list[list[str]], barrier: Any, out: Any) -> None:
     local = threading.local()
     original = assignment.assign_participant
 
-    def timed(participant):
+    def timed(participant, plan=None):
         t0 = time.perf_counter()
-        result = original(participant)
+        result = original(participant, plan)
         local.assign_ms.append((time.perf_counter() - t0) * 1000)
         return result
 

@@ -38,8 +38,9 @@ model_completion_tokens_total = Counter(
 )
 model_streams_in_flight = Gauge(
     "collabllm_model_streams_in_flight",
-    "Replies this process is streaming now.",
+    "Replies streaming now (summed over the live processes in multiprocess mode).",
     ["endpoint"],
+    multiprocess_mode="livesum",
 )
 chat_turns_total = Counter(
     "collabllm_chat_turns_total",

@@ -1,10 +1,12 @@
 """Fixtures shared across the suite: fake and real model servers."""
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
+from django.db import connections
 
 from models_serving.client import EndpointSpec, close_clients
 from models_serving.launch import EMBEDDED_ALIAS, start_llama_server, stop_server, wait_until_ready
@@ -68,3 +70,34 @@ def embedded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoin
         yield EndpointSpec(base_url=base_url, model=EMBEDDED_ALIAS, read_timeout=120)
     finally:
         stop_server(proc, timeout=20)
+
+
+def _open_sessions(database: str) -> list[tuple]:
+    """Other backends connected to `database` (read from the maintenance database)."""
+    import psycopg
+
+    params = connections["default"].get_connection_params()
+    params.pop("pool", None)
+    params = {**params, "dbname": "postgres", "autocommit": True}
+    with psycopg.connect(**params) as conn:
+        return conn.execute(
+            "SELECT pid, application_name, state, left(query, 120) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
+        ).fetchall()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """The suite leaves no connection open at teardown: once every connection is closed and the
+    pool with them, no session may remain on the test database (a leaked one would also make
+    DROP DATABASE fail, with a less useful message)."""
+    yield
+    with django_db_blocker.unblock():
+        database = connections["default"].settings_dict["NAME"]
+        connections.close_all()
+        connections["default"].close_pool()
+        deadline = time.monotonic() + 10  # a backend ends a moment after its client closes
+        while (left := _open_sessions(database)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not left, f"connections left open on {database} at teardown: {left}"

@@ -53,6 +53,35 @@ def test_several_web_replicas_sit_behind_the_proxy(services):
     assert "web" in (DOCKER / "Caddyfile").read_text()
 
 
+def web_command(services) -> str:
+    command = services["web"]["command"]
+    return command[-1] if command[:2] == ["sh", "-c"] else " ".join(command)
+
+
+def test_each_web_replica_runs_several_uvicorn_processes(services):
+    words = web_command(services).split()
+    assert "uvicorn" in words and "--proxy-headers" in words
+    assert int(words[words.index("--workers") + 1]) >= 2
+    assert int(example_values()["WEB_PROCESSES"]) >= 2
+
+
+def test_the_web_processes_share_their_metrics_through_an_emptied_folder(services):
+    folder = services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert folder.startswith("/tmp/")
+    command = web_command(services)
+    assert command.index('rm -rf "$PROMETHEUS_MULTIPROC_DIR"') < command.index("exec uvicorn")
+
+
+def test_the_connection_budget_fits_postgresql(services):
+    values = example_values()
+    web = int(values["WEB_REPLICAS"]) * int(values["WEB_PROCESSES"])
+    total = web * int(values["DATABASE_POOL_MAX_SIZE"]) + int(values["DATABASE_OTHER_CONNECTIONS"])
+    assert total <= int(values["DATABASE_MAX_CONNECTIONS"]) - 3
+    assert values["DATABASE_POOL"] == "true"
+    for name in ("worker", "beat"):
+        assert services[name]["environment"]["DATABASE_POOL"] == "false"
+
+
 def test_there_is_exactly_one_beat(services):
     assert int(services["beat"]["deploy"]["replicas"]) == 1
 

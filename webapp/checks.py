@@ -296,3 +296,35 @@ def check_database_connections(app_configs: Any = None, **kwargs: Any) -> list[C
             )
         )
     return problems
+
+
+# PostgreSQL keeps superuser_reserved_connections (default 3) for superusers only.
+RESERVED_CONNECTIONS = 3
+
+
+@register("collabllm", deploy=True)
+def check_connection_budget(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every process's pool together must fit PostgreSQL's max_connections."""
+    limit = settings.DATABASE_MAX_CONNECTIONS
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    if not limit or not pool:
+        return []
+    # psycopg_pool's own defaults: max_size = min_size = 4 (`"pool": True`).
+    options = pool if isinstance(pool, dict) else {}
+    size = options.get("max_size") or options.get("min_size") or 4
+    web = settings.WEB_REPLICAS * settings.WEB_PROCESSES * size
+    total = web + settings.DATABASE_OTHER_CONNECTIONS
+    if total <= limit - RESERVED_CONNECTIONS:
+        return []
+    return [
+        _w(
+            f"The processes may open {total} PostgreSQL connections ({settings.WEB_REPLICAS} "
+            f"replicas x {settings.WEB_PROCESSES} web processes x DATABASE_POOL_MAX_SIZE "
+            f"{size} + DATABASE_OTHER_CONNECTIONS "
+            f"{settings.DATABASE_OTHER_CONNECTIONS}), more than max_connections {limit} minus "
+            f"{RESERVED_CONNECTIONS} reserved: a burst gets 'too many clients' , not a queue.",
+            "Lower DATABASE_POOL_MAX_SIZE or WEB_PROCESSES, or raise PostgreSQL's max_connections "
+            '(and DATABASE_MAX_CONNECTIONS); docker/README.md "Database connections".',
+            22,
+        )
+    ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,27 @@ def prepare_database(env: Env) -> str:
     return next(line.split(":", 1)[1].strip() for line in admin if line.startswith("password:"))
 
 
+def web_processes(env: Env) -> int:
+    """uvicorn worker processes (WEB_PROCESSES, default 2), as in production (docker/compose.yaml).
+
+    Each holds a connection pool of up to DATABASE_POOL_MAX_SIZE (10): 2 x 10 plus the Celery
+    worker's few fit the embedded PostgreSQL's max_connections (initdb's default, 100).
+    """
+    processes = int(env.get("WEB_PROCESSES") or 2)
+    if processes < 1:
+        raise RuntimeError(f"WEB_PROCESSES must be at least 1, not {processes}")
+    return processes
+
+
+def metrics_dir(env: Env) -> None:
+    """An empty prometheus_client multiprocess folder, so /metrics adds up every web process."""
+    folder = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or LOCAL / "prometheus")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
     """Start uvicorn and a Celery worker; return the site's base URL once it answers."""
     wanted = int(env.get("DEMO_PORT") or 8000)
@@ -190,6 +212,8 @@ def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
     if port != wanted:
         say(f"port {wanted} is busy; the web server uses {port}")
     web_command = ["-m", "uvicorn", "webapp.asgi:application", "--host", "127.0.0.1"]
+    web_command += ["--workers", str(web_processes(env))]
+    metrics_dir(env)
     web = spawn(
         "web", [sys.executable, *web_command, "--port", str(port)],
         log_path=LOGS / "web.log", env=env, echo=True,
@@ -199,9 +223,11 @@ def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
     # One worker with an embedded beat (periodic housekeeping) is enough for a demo.
     worker_command = ["-m", "celery", "-A", "webapp", "worker", "-l", "info", "--concurrency", "1"]
     worker_command += ["--beat", "--schedule", str(LOCAL / "celerybeat-schedule")]
+    # As in docker/compose.yaml: Celery closes connections around every task, so a pool in the
+    # worker would only open DATABASE_POOL_MIN_SIZE connections per task.
     worker = spawn(
         "worker", [sys.executable, *worker_command],
-        log_path=LOGS / "worker.log", env=env, echo=True,
+        log_path=LOGS / "worker.log", env={**env, "DATABASE_POOL": "false"}, echo=True,
     )  # fmt: skip
     stack.callback(worker.stop)
     base = f"http://127.0.0.1:{port}"

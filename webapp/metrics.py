@@ -1,9 +1,11 @@
 """Prometheus metrics for the web process and the model client, and the /metrics view.
 
-Each web process keeps its own figures (one uvicorn process per container); Prometheus scrapes
-every replica directly, never through the proxy, which answers /metrics with 404
-(docker/README.md). The view is off (404) unless METRICS_TOKEN is set; then it answers a bearer
-token or a staff session.
+Several uvicorn worker processes share a port, so a scrape reaches any one of them: with
+PROMETHEUS_MULTIPROC_DIR set (`make demo` and docker/compose.yaml set it, and empty the folder
+before uvicorn starts), every process writes its figures there and /metrics adds them up
+(prometheus_client's multiprocess mode). Prometheus scrapes every replica (container) directly,
+never through the proxy, which answers /metrics with 404 (docker/README.md). The view is off
+(404) unless METRICS_TOKEN is set; then it answers a bearer token or a staff session.
 
 Label values stay few: `endpoint` is the served model name of an arm's endpoint, `outcome` a
 fixed word (`completed`, `interrupted` or a ModelCallError kind), `view` a URL pattern name,
@@ -17,7 +19,14 @@ from collections.abc import Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 # The model client's figures live beside the client (studies may not import webapp); importing
 # them here registers them before the first scrape.
@@ -96,7 +105,16 @@ def _direct_scrape(request: HttpRequest) -> HttpResponse | None:
     token = settings.METRICS_TOKEN
     if request.path != "/metrics" or not token or not _bearer_ok(request, token):
         return None
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def exposition() -> bytes:
+    """The text exposition: this process's figures, or every process's in multiprocess mode."""
+    if not settings.PROMETHEUS_MULTIPROC_DIR:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=settings.PROMETHEUS_MULTIPROC_DIR)
+    return generate_latest(registry)
 
 
 def _bearer_ok(request: HttpRequest, token: str) -> bool:
@@ -118,4 +136,4 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         raise Http404
     if not _authorised(request, token):
         return HttpResponse("forbidden", status=403, content_type="text/plain")
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

@@ -48,6 +48,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, so its process_exception sees a view's error first: no database connection in time
+    # (pool timeout, "too many clients") becomes the 503 "busy, retrying" page, not a 500.
+    "webapp.busy.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -75,19 +78,32 @@ DATABASES = {
 # Under ASGI, Django runs each HTTP request's ORM work on a thread of its own, so a persistent
 # connection (CONN_MAX_AGE > 0) is never reused by the next request and stays open until garbage
 # collection (benchmarks/README.md "Database connections"). Connections are reused through
-# psycopg's pool instead (DATABASE_POOL, CONN_MAX_AGE 0): closing hands a connection back to the
-# pool from whichever thread used it, channels' database_sync_to_async included, and
-# CONN_HEALTH_CHECKS has the pool test a connection before lending it (after a PostgreSQL restart
-# the first query does not fail). Celery's Django fixup closes connections around every task and,
-# in prefork workers, the pool too, so workers open a connection per task either way.
+# psycopg's pool instead (DATABASE_POOL, on by default; CONN_MAX_AGE 0): closing hands a
+# connection back to the pool from whichever thread used it, channels' database_sync_to_async
+# included, and CONN_HEALTH_CHECKS has the pool test a connection before lending it (after a
+# PostgreSQL restart the first query does not fail). The pool bounds each process: at most
+# DATABASE_POOL_MAX_SIZE connections, and a request that finds none free waits up to
+# DATABASE_POOL_TIMEOUT seconds, then gets the "busy, retrying" page (webapp/busy.py), never a 500.
+# Size it against PostgreSQL's max_connections across every process (docker/README.md
+# "Database connections"; DATABASE_MAX_CONNECTIONS and the collabllm.W022 check). Celery's Django
+# fixup closes connections around every task and, in prefork workers, the pool too, so workers
+# run without one (docker/compose.yaml).
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
-if env.bool("DATABASE_POOL", default=False):
+if env.bool("DATABASE_POOL", default=True):
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
         "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
     }
+# The deploy check collabllm.W022 compares WEB_REPLICAS x WEB_PROCESSES x DATABASE_POOL_MAX_SIZE
+# + DATABASE_OTHER_CONNECTIONS (Celery workers, beat, migrations, admin shells) with PostgreSQL's
+# max_connections as DATABASE_MAX_CONNECTIONS gives it (0: not checked). WEB_PROCESSES is also
+# uvicorn's --workers in `make demo` (webapp/devrunner.py) and docker/compose.yaml.
+DATABASE_MAX_CONNECTIONS = env.int("DATABASE_MAX_CONNECTIONS", default=0)
+DATABASE_OTHER_CONNECTIONS = env.int("DATABASE_OTHER_CONNECTIONS", default=10)
+WEB_REPLICAS = env.int("WEB_REPLICAS", default=1)
+WEB_PROCESSES = env.int("WEB_PROCESSES", default=2)
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -248,6 +264,9 @@ TRAINING_VLLM_PYTHON = env.str(
 # Prometheus metrics at /metrics (webapp/metrics.py): off (404) while this is empty; scrapers send
 # `Authorization: Bearer <token>`, staff may open it in the browser.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Several web processes on one port: the folder where each writes its figures (prometheus_client
+# reads the same variable itself); /metrics then adds them up. Empty it before the server starts.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 # Largest websocket frame the ASGI server accepts, in bytes. uvicorn reads this same variable
 # itself (--ws-max-size); 0 means unset (uvicorn's 16 MiB). The deploy checks compare it with
 # CHAT_MAX_MESSAGE_CHARS (webapp/checks.py).

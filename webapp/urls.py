@@ -11,6 +11,10 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
+# A view's "no database connection in time" is handled by webapp.busy.DatabaseBusyMiddleware; this
+# catches the same error raised by a middleware (the session or the user, say).
+handler500 = "webapp.busy.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz),

@@ -1,11 +1,15 @@
 """Randomised assignment: the locked service around the pure allocator (`allocation`).
 
 Concurrency: every allocation and every release locks the AssignmentCounter rows it may touch
-(the study row "study": occupancy across strata, for caps; the document-type stratum; the arm
-strata) FOR UPDATE in one statement, in one global order (stratum names, bytewise). One order
-everywhere means no deadlocks; the locks serialise a study's arrivals across processes, so no two
-arrivals share a slot. Pilot and preview participants use
-their own rows ("pilot/", "preview/"): they never move real balance or caps.
+FOR UPDATE in one statement, in one global order (stratum names, bytewise): the document-type
+stratum and the arm strata, and, only where an arm has a study-wide cap, every real stratum of the
+study (their occupancy summed is the study's, so a capped arrival waits for every allocation in
+flight and sees them all). One order everywhere means no deadlocks; the locks serialise a study's
+arrivals across processes, so no two arrivals share a slot. Everything that can be read first is
+read first (`assignment_plan`: arms, document types, strata, missing counter rows created), so
+that under the locks only the counters' UPDATE and the caller's own writes run before COMMIT.
+Pilot and preview participants use their own rows ("pilot/", "preview/"): they never move real
+balance or caps.
 """
 
 from collections.abc import Sequence
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.db.models.functions import Collate
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -110,28 +115,50 @@ def _stratum_prefix(participant: Participant) -> str:
     return ""
 
 
-def _lock(study_id: int, strata: Sequence[str]) -> dict[str, AssignmentCounter]:
-    """Lock the counter rows of `strata` FOR UPDATE in one statement, creating missing ones."""
-    names = sorted(set(strata))
-    rows = _select_locked(study_id, names)
-    if len(rows) < len(names):
+def _ensure_rows(study_id: int, strata: Sequence[str]) -> None:
+    """Create the counter rows of `strata` that do not exist yet (before any lock is taken)."""
+    names = set(strata)
+    found = set(
+        AssignmentCounter.objects.filter(study_id=study_id, stratum__in=names).values_list(
+            "stratum", flat=True
+        )
+    )
+    if missing := names - found:
         # INSERT ... ON CONFLICT DO NOTHING: a concurrent first arrival may be creating the same
         # row; get_or_create would raise IntegrityError and abort the caller's transaction.
-        missing = [AssignmentCounter(study_id=study_id, stratum=n) for n in names if n not in rows]
-        AssignmentCounter.objects.bulk_create(missing, ignore_conflicts=True)
-        rows = _select_locked(study_id, names)
-    return rows
+        AssignmentCounter.objects.bulk_create(
+            [AssignmentCounter(study_id=study_id, stratum=n) for n in sorted(missing)],
+            ignore_conflicts=True,
+        )
 
 
-def _select_locked(study_id: int, names: list[str]) -> dict[str, AssignmentCounter]:
+def _lock(
+    study_id: int, strata: Sequence[str], *, every_real: bool = False
+) -> dict[str, AssignmentCounter]:
+    """Lock the counter rows of `strata` (and with `every_real` all real strata of the study) FOR
+    UPDATE in one statement. The rows exist (`_ensure_rows`)."""
     # Rows are locked in ORDER BY order, and "C" collation is the code-point order of sorted():
     # one global order in every transaction, so two of them never wait for each other in a cycle.
+    wanted = Q(stratum__in=sorted(set(strata)))
+    if every_real:
+        wanted |= ~Q(stratum__startswith="pilot/") & ~Q(stratum__startswith="preview/")
     rows = (
         AssignmentCounter.objects.select_for_update()
-        .filter(study_id=study_id, stratum__in=names)
+        .filter(wanted, study_id=study_id)
         .order_by(Collate("stratum", "C"))
     )
     return {row.stratum: row for row in rows}
+
+
+def _study_occupied(rows: dict[str, AssignmentCounter]) -> dict[str, int]:
+    """Occupied slots per arm across the study: the sum over its real arm strata."""
+    total: dict[str, int] = {}
+    for name, row in rows.items():
+        if name in (DOCUMENT_STRATUM, STUDY_ROW) or name.startswith(("pilot/", "preview/")):
+            continue
+        for key, count in row.state.get("occupied", {}).items():
+            total[key] = total.get(key, 0) + count
+    return total
 
 
 def _save(changes: dict[AssignmentCounter, dict[str, Any]]) -> None:
@@ -141,21 +168,25 @@ def _save(changes: dict[AssignmentCounter, dict[str, Any]]) -> None:
     AssignmentCounter.objects.bulk_update(list(changes), ["state", "next_position"])
 
 
-def _counted(row: AssignmentCounter, key: str, delta: int) -> dict[str, Any]:
-    occupied = dict(row.state.get("occupied", {}))
-    occupied[key] = max(0, occupied.get(key, 0) + delta)
-    allocations = row.state.get("allocations", 0) + max(delta, 0)
-    return {**row.state, "occupied": occupied, "allocations": allocations}
-
-
 def _in_transaction(name: str) -> None:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError(f"{name} must run inside the caller's transaction")
 
 
-def assign_participant(participant: Participant) -> Assigned:
-    """Allocate a document type and an arm for a consenting participant (caller's transaction)."""
-    _in_transaction("assign_participant")
+@dataclass(frozen=True)
+class Plan:
+    """What an allocation reads before it locks anything."""
+
+    conditions: dict[str, Condition]
+    arms: Design
+    documents: Design
+    doc_stratum: str
+    strata: dict[str, str]  # document type -> arm stratum
+    study_caps: bool
+
+
+def assignment_plan(participant: Participant) -> Plan:
+    """Read the study's arms and document types, check them, and create missing counter rows."""
     study = participant.study
     conditions = list(study.conditions.filter(is_active=True))
     doc_types = sorted(set(study.tasks.values_list("document_type", flat=True)))
@@ -180,35 +211,51 @@ def assign_participant(participant: Participant) -> Assigned:
         for doc in doc_types
     }
     doc_stratum = prefix + DOCUMENT_STRATUM
-    # Every row this arrival may touch, the arm strata of all document types included, in one
-    # statement: pilots and previews never lock (or count in) the study row.
-    rows = _lock(study.pk, [doc_stratum, *strata.values(), *([] if prefix else [STUDY_ROW])])
-    doc_row, study_row = rows[doc_stratum], rows.get(STUDY_ROW)
-    doc_slot, doc_state = allocate(
-        document_design(study, doc_types), stratum=doc_stratum, state=doc_row.state
+    _ensure_rows(study.pk, [doc_stratum, *strata.values()])
+    arms = arm_design(study, conditions, caps=not prefix)
+    return Plan(
+        conditions={c.key: c for c in conditions},
+        arms=arms,
+        documents=document_design(study, doc_types),
+        doc_stratum=doc_stratum,
+        strata=strata,
+        study_caps=arms.caps and any(arm.cap is not None for arm in arms.arms),
     )
-    stratum = strata[doc_slot.choice]
+
+
+def assign_participant(participant: Participant, plan: Plan | None = None) -> Assigned:
+    """Allocate a document type and an arm for a consenting participant (caller's transaction).
+
+    Takes the counter locks and writes the counters: call it after every other read of the
+    transaction (`plan`, from `assignment_plan`), so that little runs between it and COMMIT.
+    """
+    _in_transaction("assign_participant")
+    plan = plan or assignment_plan(participant)
+    # Every row this arrival may touch, the arm strata of all document types included, in one
+    # statement; with study-wide caps, every real stratum (its occupancy counts towards them).
+    rows = _lock(
+        participant.study_id, [plan.doc_stratum, *plan.strata.values()], every_real=plan.study_caps
+    )
+    doc_row = rows[plan.doc_stratum]
+    doc_slot, doc_state = allocate(plan.documents, stratum=plan.doc_stratum, state=doc_row.state)
+    stratum = plan.strata[doc_slot.choice]
     arm_row = rows[stratum]
-    design = arm_design(study, conditions, caps=not prefix)
-    in_study = study_row.state.get("occupied", {}) if study_row else {}
+    in_study = _study_occupied(rows) if plan.study_caps else {}
     try:
         slot, arm_state = allocate(
-            design, stratum=stratum, state=arm_row.state, study_occupied=in_study
+            plan.arms, stratum=stratum, state=arm_row.state, study_occupied=in_study
         )
     except AllocationFull:
         raise StudyActionError(
             "full", _("This study is full; thank you for your interest.")
         ) from None
-    changes = {doc_row: doc_state, arm_row: arm_state}
-    if study_row is not None:
-        changes[study_row] = _counted(study_row, slot.choice, +1)
-    _save(changes)
+    _save({doc_row: doc_state, arm_row: arm_state})
     record = {
         "algorithm": ALGORITHM_VERSION,
         "arm": slot.as_record(),
         "document_type": doc_slot.as_record(),
-        "arms": [[a.key, a.weight] for a in design.arms],
-        "stratify_by": study.stratify_by,
+        "arms": [[a.key, a.weight] for a in plan.arms.arms],
+        "stratify_by": participant.study.stratify_by,
     }
     return Assigned(slot.choice, doc_slot.choice, record)
 
@@ -227,16 +274,15 @@ def release_slot(participant: Participant, *, reason: str) -> bool:
         return False
     arm, doc = record["arm"], record["document_type"]
     study_id = participant.study_id
-    strata = [doc["stratum"], arm["stratum"]]
-    rows = _lock(study_id, strata if _stratum_prefix(participant) else [*strata, STUDY_ROW])
-    doc_row, arm_row, study_row = rows[doc["stratum"]], rows[arm["stratum"]], rows.get(STUDY_ROW)
-    changes = {
-        doc_row: release(doc_row.state, doc, participant_id=participant.pk),
-        arm_row: release(arm_row.state, arm, participant_id=participant.pk),
-    }
-    if study_row is not None:
-        changes[study_row] = _counted(study_row, arm["choice"], -1)
-    _save(changes)
+    # The study's occupancy is the sum over its arm strata: releasing touches only these two.
+    rows = _lock(study_id, [doc["stratum"], arm["stratum"]])
+    doc_row, arm_row = rows[doc["stratum"]], rows[arm["stratum"]]
+    _save(
+        {
+            doc_row: release(doc_row.state, doc, participant_id=participant.pk),
+            arm_row: release(arm_row.state, arm, participant_id=participant.pk),
+        }
+    )
     released = {"reason": reason, "at": timezone.now().isoformat()}
     participant.allocation = {**record, "released": released}
     participant.save(update_fields=["allocation"])

@@ -148,7 +148,12 @@ def _locked(
 
 
 def participant_consent(*, participant_id: int) -> Participant:
-    """Record consent and assign the arm and the document type (permuted blocks, locked)."""
+    """Record consent and assign the arm and the document type (permuted blocks, locked).
+
+    A study's arrivals queue on its counter rows, so everything is read and computed before
+    `assign_participant` takes them: after it, only the participant's UPDATE and the event's
+    INSERT run before COMMIT (tests/studies/test_consent_locking.py pins this).
+    """
     now = timezone.now()
     with transaction.atomic():
         participant = _locked(participant_id, expected={P.ENTERED})
@@ -157,15 +162,17 @@ def participant_consent(*, participant_id: int) -> Participant:
         entered_version = participant.config_version
         participant.version = version_latest(study)
         participant.config_version = participant.version.number
-        assigned = assignment.assign_participant(participant)
-        participant.condition = study.conditions.get(key=assigned.condition_key)
+        plan = assignment.assignment_plan(participant)
+        fields = ["condition", "document_type", "allocation", "status", "consented_at"]
+        fields += ["version", "config_version"]
+        fields += activity_apply(participant, signal="page", now=now)
+        assigned = assignment.assign_participant(participant, plan)
+        participant.condition = plan.conditions[assigned.condition_key]
         participant.document_type = assigned.document_type
         participant.allocation = assigned.record
         participant.status = P.CONSENTED
         participant.consented_at = now
-        fields = ["condition", "document_type", "allocation", "status", "consented_at"]
-        fields += ["version", "config_version"]
-        participant.save(update_fields=fields + activity_apply(participant, signal="page", now=now))
+        participant.save(update_fields=fields)
         event_record(
             study_id=study.pk,
             participant_id=participant.pk,

@@ -1,17 +1,18 @@
 """Assignment under concurrent arrivals, through the real entry path and real PostgreSQL.
 
-Threads stand in for web processes: each has its own database connection, and all start at a
-barrier. At most ~40 threads run at once (PostgreSQL allows 100 connections for the whole suite).
+Threads stand in for web processes: each has its own database connection (not one from the test
+process's pool, which would bound them), and all start at a barrier. At most ~40 threads run at
+once (PostgreSQL allows 100 connections for the whole suite).
 """
 
 import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -21,6 +22,20 @@ from studies.services import participants as svc
 from tests.factories import ParticipantFactory, three_arm_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def _a_connection_per_thread() -> Iterator[None]:
+    """Plain connections while these tests run: each thread opens and closes its own."""
+    options = connection.settings_dict["OPTIONS"]
+    connection.close()
+    connection.close_pool()
+    pool = options.pop("pool", None)
+    yield
+    connections.close_all()
+    if pool is not None:
+        options["pool"] = pool
+
 
 ARRIVALS = 200
 DISTINCT = 180  # the other 20 arrivals reuse an id that arrives at the same moment

@@ -32,8 +32,8 @@ bare_websocket_app = ProtocolTypeRouter({"websocket": SimpleNamespace()})
 
 @pytest.fixture(autouse=True)
 def _pooled_database(monkeypatch):
-    """The shipped connection settings (the test run itself uses plain connections); no test
-    here opens a connection, so no pool is ever made."""
+    """The shipped connection settings, whatever this test run uses; no test here opens a
+    connection, so no pool is ever made."""
     default = settings.DATABASES["default"]
     monkeypatch.setitem(default, "OPTIONS", {**default.get("OPTIONS", {}), "pool": True})
     monkeypatch.setitem(default, "CONN_MAX_AGE", 0)
@@ -139,6 +139,22 @@ def test_it_warns_about_persistent_database_connections(_pooled_database):
 def test_it_warns_when_database_connections_are_not_health_checked(_pooled_database):
     _pooled_database["CONN_HEALTH_CHECKS"] = False
     assert ids() == {"collabllm.W021"}
+
+
+BUDGET = {"WEB_REPLICAS": 2, "WEB_PROCESSES": 2, "DATABASE_OTHER_CONNECTIONS": 10}
+
+
+def test_it_warns_when_the_pools_together_exceed_max_connections(_pooled_database):
+    _pooled_database["OPTIONS"]["pool"] = {"min_size": 2, "max_size": 25}
+    # 2 x 2 x 25 + 10 = 110 connections against 100 - 3 reserved.
+    assert ids(DATABASE_MAX_CONNECTIONS=100, **BUDGET) == {"collabllm.W022"}
+
+
+def test_pools_that_fit_max_connections_or_an_unknown_limit_pass(_pooled_database):
+    _pooled_database["OPTIONS"]["pool"] = {"min_size": 2, "max_size": 10}
+    assert ids(DATABASE_MAX_CONNECTIONS=100, **BUDGET) == set()
+    _pooled_database["OPTIONS"]["pool"] = {"min_size": 2, "max_size": 25}
+    assert ids(DATABASE_MAX_CONNECTIONS=0, **BUDGET) == set()
 
 
 def test_the_checks_run_only_with_deploy():

@@ -16,6 +16,7 @@ import psutil
 import psycopg
 import pytest
 
+from webapp import devrunner
 from webapp.devrunner import secret_key_file
 from webapp.devservices import (
     free_port,
@@ -101,7 +102,10 @@ def test_embedded_postgres_accepts_connections_at_its_url_and_stops(tmp_path: Pa
     try:
         with psycopg.connect(postgres.url) as conn:
             row = conn.execute("SELECT current_database(), inet_server_addr()").fetchone()
+            limit = int(conn.execute("SHOW max_connections").fetchone()[0])
         assert row == ("devrunner_check", None)  # no address: a unix socket
+        # The demo's pools (2 web processes x 10) and worker, or the test suite's, fit.
+        assert limit >= devrunner.web_processes({}) * 10 + 10 + 3
         config = environ.Env.db_url_config(postgres.url)
         with psycopg.connect(dbname=config["NAME"], user=config["USER"], **config["OPTIONS"]):
             pass
@@ -142,3 +146,20 @@ def test_a_port_with_a_listener_is_not_free():
         port = listener.getsockname()[1]
         assert not port_is_free(port)
         assert free_port(port) != port
+
+
+def test_the_demo_runs_two_web_processes_unless_told_otherwise():
+    assert devrunner.web_processes({}) == 2
+    assert devrunner.web_processes({"WEB_PROCESSES": "3"}) == 3
+    with pytest.raises(RuntimeError, match="WEB_PROCESSES"):
+        devrunner.web_processes({"WEB_PROCESSES": "0"})
+
+
+def test_the_demo_empties_its_metrics_folder_and_names_it(tmp_path: Path):
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    (folder / "counter_123.db").write_bytes(b"stale")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    devrunner.metrics_dir(env)
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
+    assert folder.is_dir() and not any(folder.iterdir())

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import subprocess
 import sys
 
 import pytest
@@ -9,6 +11,7 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from models_serving import metrics as model_metrics
+from tests.test_settings import ROOT
 from webapp.jsonlog import JsonFormatter
 
 TOKEN = "t" * 40
@@ -122,3 +125,19 @@ def test_json_logs_include_the_traceback():
             "x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
         )
     assert "ValueError: boom" in json.loads(JsonFormatter().format(made))["exception"]
+
+
+def test_with_a_multiprocess_folder_metrics_add_up_over_the_web_processes(tmp_path):
+    """Several uvicorn workers behind one port: any one of them answers for all."""
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    env["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+    setup = "import django; django.setup(); from webapp import metrics; "
+    count = "metrics.http_requests_total.labels('GET', 'probe', '2xx').inc()"
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", setup + count], env=env, check=True, cwd=ROOT)
+    scrape = "print(metrics.exposition().decode())"
+    done = subprocess.run(
+        [sys.executable, "-c", setup + scrape], env=env, check=True, cwd=ROOT, capture_output=True
+    )
+    line = 'collabllm_http_requests_total{method="GET",status="2xx",view="probe"} 2.0'
+    assert line in done.stdout.decode()
