@@ -22,6 +22,7 @@ reply, which drops the upstream connection.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -337,7 +338,7 @@ def _count_later(reply: RunningReply, plan: GenerationPlan, result: GenerationRe
         _count(reply.message_id, spec, plan.messages, result)
     )
     _counting.add(task)
-    task.add_done_callback(_counted)
+    task.add_done_callback(functools.partial(_counted, reply.message_id))
 
 
 def counting() -> int:
@@ -345,10 +346,12 @@ def counting() -> int:
     return len(_counting)
 
 
-def _counted(task: asyncio.Task) -> None:
+def _counted(message_id: int, task: asyncio.Task) -> None:
     _counting.discard(task)
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("counting the tokens of a reply failed", exc_info=error)
+    if task.cancelled():  # the process is stopping: the row keeps usage_source "none"
+        log.warning("reply %s: its token counts were not recorded (cancelled)", message_id)
+    elif (error := task.exception()) is not None:
+        log.error("counting the tokens of reply %s failed", message_id, exc_info=error)
 
 
 async def _count(

@@ -34,8 +34,9 @@ _ALLOWED_TAGS = {
 }
 
 
-# Every sync re-sends the whole transcript: a finished reply's HTML is rendered once per process
-# and reused (keyed by its text, so an edited text renders afresh); about 1,000 replies fit.
+# A reply's HTML is stored on its row when it completes (Message.html); rows completed before
+# that field existed are rendered when read, once per process (keyed by their text, so an edited
+# text renders afresh); about 1,000 replies fit.
 @lru_cache(maxsize=1024)
 def render_markdown(text: str) -> str:
     """Render a finished reply to safe HTML."""

@@ -37,3 +37,26 @@ def test_a_finished_reply_shows_without_the_page_resyncing(web_server, browsing,
     page.wait_for_timeout(500)
     assert [f["type"] for f in sent if f["type"] not in ("presence",)] == ["send", "send"]
     assert browsing.errors == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_the_time_left_does_not_grow_back_after_a_reply(web_server, browsing, scripted_model):
+    """The countdown comes from the last state frame; a reply, which brings no new state, must
+    not restart it from that frame's seconds_left (the time since then would be given back)."""
+    page = browsing.page
+    page.clock.install()
+    study = scripted_study(
+        scripted_model, min_turns=3, time_limit_minutes=10, time_warning_minutes=10
+    )
+    scripted_model.replies += ["A first reply."]
+    enter_chat(page, study, "clock1")
+    clock = page.locator("#clock")
+    expect(clock).to_contain_text("About 10 minute(s) left")
+    page.clock.fast_forward("05:00")
+    expect(clock).to_contain_text("About 5 minute(s) left")
+
+    send(page, "Help me with a first draft please.", replies=1)
+    page.clock.run_for(3000)  # a few ticks of the countdown after the reply
+    expect(clock).to_contain_text("About 5 minute(s) left")
+    assert browsing.errors == []

@@ -107,6 +107,24 @@ async def test_llama_cpp_counts_come_after_the_complete_frame_and_the_slot(fake_
     await comm.disconnect()
 
 
+async def test_counts_cut_short_by_a_stopping_process_are_logged_not_dropped_silently(
+    fake_model, caplog
+):
+    fake_model.server.count_gate = asyncio.Event()  # the count is still waiting...
+    _, comm = await open_chat(fake_model.base_url, model="fake-llamacpp")
+    await send_turn(comm)
+    complete = (await frames_until(comm, {"complete"}))[-1]
+    assert generation.counting() == 1
+    for task in list(generation._counting):  # ...when the process stops (its tasks cancelled)
+        task.cancel()
+    await settled()
+    reply_id = complete["message"]["id"]
+    assert any(
+        r.levelname == "WARNING" and f"reply {reply_id}" in r.getMessage() for r in caplog.records
+    ), caplog.text
+    await comm.disconnect()
+
+
 def test_late_counts_never_replace_counts_the_stream_carried(chatting):
     started = turns.turn_start(participant_id=chatting.pk, text="Help me.", key=uuid.uuid4())
     complete_reply(started.assistant_message)  # completion_tokens=2 from the stream

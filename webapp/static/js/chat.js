@@ -136,10 +136,6 @@
     streaming = [...bubbles.values()].some((b) => b.status === "streaming");
     minChars = state.min_chars || 0;
     timeUp = Boolean(state.time_up);
-    if (state.seconds_left !== null && state.seconds_left !== undefined) {
-      deadline = Date.now() + 1000 * state.seconds_left;
-      warningMs = 1000 * (state.warning_seconds || 0);
-    }
     rating.hidden = ratingDue === null || ratingDue === undefined;
     composer.hidden = !rating.hidden || state.status !== "chatting" || timeUp;
     textarea.disabled = $("send").disabled = streaming;
@@ -196,6 +192,12 @@
       list.replaceChildren(); bubbles.clear();
       f.messages.forEach(render);
       last = f;
+      // seconds_left counts from this frame's arrival: only a fresh state moves the deadline
+      // (setControls also runs on `last` after a reply, long after it arrived).
+      if (f.seconds_left !== null && f.seconds_left !== undefined) {
+        deadline = Date.now() + 1000 * f.seconds_left;
+        warningMs = 1000 * (f.warning_seconds || 0);
+      }
       setControls(f);
     } else if (f.type === "ack") {
       if (pending && pending.key === f.key) { pending = null; textarea.value = ""; clearDraft(); }
