@@ -94,7 +94,7 @@ if env.bool("DATABASE_POOL", default=True):
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=30.0),
     }
 # The deploy check collabllm.W022 compares WEB_REPLICAS x WEB_PROCESSES x DATABASE_POOL_MAX_SIZE
 # + DATABASE_OTHER_CONNECTIONS (Celery workers, beat, migrations, admin shells) with PostgreSQL's
