@@ -172,8 +172,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def chat_frame(self, event: dict) -> None:
-        frame = {k: v for k, v in event.items() if k not in ("type", "frame")}
-        await self.send_json({"type": event["frame"], **frame})
+        text = event.get("text")  # encoded once, by relay.publish
+        if text is None:  # a frame from a process of the previous release, mid-deploy
+            frame = {k: v for k, v in event.items() if k not in ("type", "frame")}
+            text = json.dumps({"type": event["frame"], **frame})
+        await self.send(text_data=text)
 
     async def _error(self, code: str, message: str, key: object = None) -> None:
         await self.send_json({"type": "error", "code": code, "message": message, "key": key})

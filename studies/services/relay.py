@@ -11,6 +11,7 @@ logged, counted in `collabllm_relay_restarts_total` and restarted: never silentl
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -60,9 +61,14 @@ async def publish(participant_id: int, frame: dict, *, tries: int = 3) -> bool:
 
     Frames are delivered at most once anyway: the page heals from checkpoint frames, the final
     frame and a resync, so a frame that cannot be sent is not worth failing a turn over.
+
+    The frame is encoded here, once, as the sockets' JSON text (ASCII-escaped, so a lone
+    surrogate from a cut emoji stays sendable); each socket sends that text as is.
     """
     backoff = Backoff(*PUBLISH_BACKOFF)
-    message = {"type": "chat.frame", **frame}
+    body = {"type": frame["frame"], **{k: v for k, v in frame.items() if k != "frame"}}
+    text = json.dumps(body, separators=(",", ":"))
+    message = {"type": "chat.frame", "frame": frame["frame"], "text": text}
     for attempt in range(tries):
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
