@@ -465,7 +465,7 @@ def main() -> None:
     parser.add_argument("--arrivals", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--pool", choices=["on", "off"], default="on")
-    parser.add_argument("--pool-timeout", type=float, help="DATABASE_POOL_TIMEOUT (default 10)")
+    parser.add_argument("--pool-timeout", type=float, help="DATABASE_POOL_TIMEOUT (default 30)")
     parser.add_argument("--app-root", default=str(ROOT), help="the checkout the web server runs")
     parser.add_argument(
         "--before", metavar="REF", help="first run REF (git archive) with the pool off, tag before"
