@@ -66,12 +66,18 @@ def busy_response(request: HttpRequest) -> HttpResponse:
         "retry_after": RETRY_AFTER_SECONDS,
         "resubmit": request.method == "POST",
         "fields": fields,
-        "action": request.get_full_path(),
+        "action": _same_site(request.get_full_path()),
     }
     response = render(request, "busy.html", context, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _same_site(path: str) -> str:
+    """`path` as a link that stays on this site: "//host/x" reaches the server as a path, but a
+    browser reads it in href or action as another host (with the form's fields and CSRF token)."""
+    return "/" + path.lstrip("/")
 
 
 class DatabaseBusyMiddleware(MiddlewareMixin):

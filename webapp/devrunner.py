@@ -12,8 +12,8 @@ again on exit, Ctrl-C or SIGTERM. Plain Python: Django only runs in child proces
 from __future__ import annotations
 
 import os
+import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -196,12 +196,19 @@ def web_processes(env: Env) -> int:
     return processes
 
 
+METRICS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_\d+\.db")
+
+
 def metrics_dir(env: Env) -> None:
-    """An empty prometheus_client multiprocess folder, so /metrics adds up every web process."""
+    """A prometheus_client multiprocess folder without stale figures; /metrics adds up the web
+    processes."""
     folder = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or LOCAL / "prometheus")
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Only prometheus_client's own files (counter_<pid>.db, gauge_livesum_<pid>.db, ...): the
+    # folder may be one the developer named, with other things in it.
+    for stale in folder.iterdir():
+        if stale.is_file() and METRICS_FILE.fullmatch(stale.name):
+            stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 

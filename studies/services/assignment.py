@@ -4,10 +4,14 @@ Concurrency: every allocation and every release locks the AssignmentCounter rows
 FOR UPDATE in one statement, in one global order (stratum names, bytewise): the document-type
 stratum and the arm strata, and, only where an arm has a study-wide cap, every real stratum of the
 study (their occupancy summed is the study's, so a capped arrival waits for every allocation in
-flight and sees them all). One order everywhere means no deadlocks; the locks serialise a study's
-arrivals across processes, so no two arrivals share a slot. Everything that can be read first is
-read first (`assignment_plan`: arms, document types, strata, missing counter rows created), so
-that under the locks only the counters' UPDATE and the caller's own writes run before COMMIT.
+flight and sees them all). A capped arrival first locks the study row ("study") on its own: capped
+arrivals take turns on it, so the statement that then locks every real stratum sees the rows an
+earlier one created (a new stratum's first arrival). The study row always comes first and releases
+never take it, so the order stays one order everywhere. One order everywhere means no deadlocks;
+the locks serialise a study's arrivals across processes, so no two arrivals share a slot.
+Everything that can be read first is read first (`assignment_plan`: arms, document types, strata,
+missing counter rows created), so that under the locks only the counters' UPDATE and the caller's
+own writes run before COMMIT.
 Pilot and preview participants use their own rows ("pilot/", "preview/"): they never move real
 balance or caps.
 """
@@ -211,15 +215,16 @@ def assignment_plan(participant: Participant) -> Plan:
         for doc in doc_types
     }
     doc_stratum = prefix + DOCUMENT_STRATUM
-    _ensure_rows(study.pk, [doc_stratum, *strata.values()])
     arms = arm_design(study, conditions, caps=not prefix)
+    study_caps = arms.caps and any(arm.cap is not None for arm in arms.arms)
+    _ensure_rows(study.pk, [doc_stratum, *strata.values(), *([STUDY_ROW] if study_caps else [])])
     return Plan(
         conditions={c.key: c for c in conditions},
         arms=arms,
         documents=document_design(study, doc_types),
         doc_stratum=doc_stratum,
         strata=strata,
-        study_caps=arms.caps and any(arm.cap is not None for arm in arms.arms),
+        study_caps=study_caps,
     )
 
 
@@ -231,6 +236,12 @@ def assign_participant(participant: Participant, plan: Plan | None = None) -> As
     """
     _in_transaction("assign_participant")
     plan = plan or assignment_plan(participant)
+    if plan.study_caps:
+        # Study-wide caps: the study row first, alone, so that capped arrivals take turns; the
+        # next statement's snapshot then shows every stratum an earlier one created (a stratum's
+        # first arrival inserts its row: a statement that started before that commit would not
+        # see the row, nor count the slot taken in it).
+        _lock(participant.study_id, [STUDY_ROW])
     # Every row this arrival may touch, the arm strata of all document types included, in one
     # statement; with study-wide caps, every real stratum (its occupancy counts towards them).
     rows = _lock(

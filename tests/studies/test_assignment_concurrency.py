@@ -154,6 +154,38 @@ def test_concurrent_arrivals_never_push_an_arm_past_its_cap():
     assert Participant.objects.filter(study=study, status="entered").count() == 30
 
 
+def test_a_capped_arrival_counts_a_new_stratum_opened_while_it_waits():
+    """The first arrival of a stratum creates its counter row; a capped arrival of another
+    stratum that waits for it must still count the slot it took, or the cap is overrun."""
+    study = prolific_study(block_size=3, stratify_by="param:STUDY_ID")
+    study.conditions.update(cap=1)
+    for _ in range(2):
+        uk = ParticipantFactory(study=study, recruiting_params={"STUDY_ID": "uk"})
+        svc.participant_consent(participant_id=uk.pk)
+    first_fr = ParticipantFactory(study=study, recruiting_params={"STUDY_ID": "fr"})
+    late_uk = ParticipantFactory(study=study, recruiting_params={"STUDY_ID": "uk"})
+    refused: list[str] = []
+
+    def late() -> None:
+        try:
+            svc.participant_consent(participant_id=late_uk.pk)
+        except svc.StudyActionError as exc:
+            refused.append(exc.code)
+        finally:
+            connection.close()
+
+    release_when_waiting(
+        lambda: svc.participant_consent(participant_id=first_fr.pk), waiters=1, start=late
+    )
+    counts = Counter(
+        Participant.objects.filter(study=study, status="consented").values_list(
+            "condition__key", flat=True
+        )
+    )
+    assert counts == {"base": 1, "proactive": 1, "collabllm": 1}
+    assert refused == ["full"]
+
+
 def test_slots_freed_by_concurrent_returns_go_to_concurrent_newcomers_once_each():
     study = prolific_study(block_size=3)
     first = [f"first{i}" for i in range(60)]

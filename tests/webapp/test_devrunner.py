@@ -163,3 +163,12 @@ def test_the_demo_empties_its_metrics_folder_and_names_it(tmp_path: Path):
     devrunner.metrics_dir(env)
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
     assert folder.is_dir() and not any(folder.iterdir())
+
+
+def test_the_demo_removes_only_metrics_files_from_a_folder_it_is_given(tmp_path: Path):
+    # PROMETHEUS_MULTIPROC_DIR may name a folder that holds other things (/tmp, say).
+    (tmp_path / "counter_123.db").write_bytes(b"stale")
+    (tmp_path / "notes.txt").write_text("keep")
+    (tmp_path / "sub").mkdir()
+    devrunner.metrics_dir({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "sub"]
