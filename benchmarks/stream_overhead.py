@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         children.stop_all()
-    shutil.rmtree(children.logs, ignore_errors=True)
+    if any(level["platform"]["errors"] for level in report["results"]):
+        say(f"some turns failed; the processes' logs are kept in {children.logs}")
+    else:
+        shutil.rmtree(children.logs, ignore_errors=True)
     print(markdown(report))
     if cfg.write:
         for path in write_report(report, args.tag):

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 _NOW_AND_PRUNE = """
 local t = redis.call('TIME')
@@ -84,12 +84,24 @@ class Snapshot:
     down: frozenset[str]
 
 
+# Connections of one process's slots client, and how long a command waits for one when all are
+# in use before it raises (a RedisError, as when Redis is away).
+MAX_CONNECTIONS = 1000
+POOL_WAIT = 10.0
+
+
 class StreamSlots:
     """Per-endpoint stream leases and replica cool-downs in Redis (one client per event loop)."""
 
     def __init__(self, redis_url: str, key_prefix: str = "streams") -> None:
         self.prefix = key_prefix
-        self.redis = Redis.from_url(redis_url, decode_responses=True)
+        # Every reply of the process shares this client, each command on a connection of its own
+        # while it runs (and a pub/sub connection per reply waiting for a slot): a burst waits
+        # for a free connection rather than failing as redis-py's plain pool (100) does.
+        pool = BlockingConnectionPool.from_url(
+            redis_url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT
+        )
+        self.redis = Redis.from_pool(pool)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._renew = self.redis.register_script(_RENEW)
         self._snapshot = self.redis.register_script(_SNAPSHOT)

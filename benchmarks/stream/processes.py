@@ -97,10 +97,6 @@ def start_web(children: Children, env: dict[str, str], name: str = "web") -> tup
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "webapp.asgi:application", "--host",
                "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    if profile := os.environ.get("BENCH_WEB_PROFILE"):
-        # cProfile of the event loop's thread, written when uvicorn exits on SIGTERM:
-        # `python -m pstats <path>.<port>` reads it (benchmarks/README.md "Profiling").
-        command[1:2] = ["-m", "cProfile", "-o", f"{profile}.{port}", "-m"]
     proc = children.start(name, command, env)
     wait_for_port(port, proc, timeout=60)
     response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)

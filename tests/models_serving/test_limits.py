@@ -29,6 +29,14 @@ async def test_concurrent_acquires_never_exceed_the_limit(slots):
     assert sum(lease is not None for lease in got) == 5
 
 
+async def test_a_burst_of_commands_beyond_the_connection_pool_waits_instead_of_failing(slots):
+    # 200 replies of one web process asking at once (an arrival burst at the chat step): each
+    # command needs a connection of its own; redis-py's default pool (100) raised
+    # MaxConnectionsError, and every such reply ended as an internal error.
+    got = await asyncio.gather(*(slots.acquire("ep", A, 1000, 30) for _ in range(300)))
+    assert sum(lease is not None for lease in got) == 300
+
+
 async def test_a_released_slot_can_be_taken_again(slots):
     lease = await slots.acquire("ep", A, 1, 30)
     assert lease is not None
