@@ -57,7 +57,7 @@ from benchmarks.assignment_latency import (  # noqa: E402
     make_study,
     percentiles,
 )
-from benchmarks.benchdb import database_prepare, database_url  # noqa: E402
+from benchmarks.benchdb import database_prepare, database_url, production_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_DB = "collabllm_bench_arrivals"
@@ -81,21 +81,11 @@ def bench_url() -> str:
 
 
 def bench_env(pool: bool, pool_timeout: float | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="webapp.settings",
-        DJANGO_DEBUG="false",
-        DJANGO_SECRET_KEY="bench-" + "x" * 50,
-        DJANGO_SECURE_COOKIES="false",
-        DJANGO_SECURE_SSL_REDIRECT="false",
-        DJANGO_HSTS_SECONDS="0",
-        DJANGO_ALLOWED_HOSTS="testserver,127.0.0.1,localhost",
-        DATABASE_URL=bench_url(),
+    env = production_env(
+        bench_url(),
         REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9"),
-        LOG_LEVEL="WARNING",
         WHITENOISE_USE_FINDERS="true",
         WHITENOISE_AUTOREFRESH="false",
-        PYTHONUNBUFFERED="1",
     )
     env.update(POOLED if pool else {"DATABASE_POOL": "false", "DATABASE_CONN_MAX_AGE": "0"})
     if pool and pool_timeout is not None:

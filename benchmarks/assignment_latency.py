@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.benchdb import database_prepare, database_url  # noqa: E402
+from benchmarks.benchdb import database_prepare, database_url, production_env  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_DB = "collabllm_bench_assign"
@@ -60,24 +60,13 @@ def bench_url() -> str:
 
 
 def bench_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="webapp.settings",
-        DJANGO_DEBUG="false",
-        DJANGO_SECRET_KEY="bench-" + "x" * 50,
-        DJANGO_SECURE_COOKIES="false",
-        DJANGO_SECURE_SSL_REDIRECT="false",
-        DJANGO_HSTS_SECONDS="0",
-        DJANGO_ALLOWED_HOSTS="testserver,127.0.0.1,localhost",
-        DATABASE_URL=bench_url(),
+    return production_env(
+        bench_url(),
         DATABASE_CONN_MAX_AGE="60",
         REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9"),
-        LOG_LEVEL="WARNING",
         WHITENOISE_USE_FINDERS="true",  # no collectstatic needed (as in the tests)
         WHITENOISE_AUTOREFRESH="true",
     )
-    env.pop("DJANGO_SECRET_KEY_FILE", None)
-    return env
 
 
 def prepare_database() -> None:

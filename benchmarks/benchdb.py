@@ -1,6 +1,8 @@
 """A benchmark's own PostgreSQL database: (re)create it on the server DATABASE_URL names, migrate
-it, drop it. Shared by the benchmarks that need a throwaway database."""
+it, drop it; the production-like environment of its web processes; the commit it measured.
+Shared by the benchmarks that need a throwaway database."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +50,32 @@ def database_drop(url: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def production_env(database: str, **extra: str) -> dict[str, str]:
+    """This process's environment with production settings (except plain-http cookies) on the
+    database URL `database`, then `extra`; no secret-key file, quiet logs."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="webapp.settings",
+        DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY="bench-" + "x" * 50,
+        DJANGO_SECURE_COOKIES="false",
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        DJANGO_HSTS_SECONDS="0",
+        DJANGO_ALLOWED_HOSTS="testserver,127.0.0.1,localhost",
+        DATABASE_URL=database,
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    env.pop("DJANGO_SECRET_KEY_FILE", None)
+    return env
+
+
+def git_commit() -> str:
+    """The checkout's short commit id, for the results ("unknown" outside git)."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"

@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,16 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.benchdb import git_commit  # noqa: E402
 from tests.faults.harness import FaultConfig, fault_run, report_table  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _commit() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:
@@ -67,7 +60,7 @@ def main() -> None:
     report = asyncio.run(fault_run(config))
     report["run"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "python": platform.python_version(),
     }

@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.benchdb import git_commit  # noqa: E402
 from tests.faults.harness import FaultConfig, Platform  # noqa: E402
 from tests.faults.participant import enter  # noqa: E402
 
@@ -224,13 +224,6 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    )
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=6)
@@ -244,7 +237,7 @@ def main() -> None:
     report = asyncio.run(run(args.kills, args.seed, args.limit))
     report["run"] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "load_1min_before": round(load, 2),
         "load_1min_after": round(os.getloadavg()[0], 2),

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from benchmarks.benchdb import production_env
 from benchmarks.stream.config import BENCH_DB, DEFAULT_SERVER_URL, ROOT, Config, say
 
 
@@ -62,25 +63,14 @@ def database_env(mode: str) -> dict[str, str]:
 
 def bench_env(cfg: Config) -> dict[str, str]:
     """The environment of the web process, manage.py and this process's Django."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="webapp.settings",
-        DJANGO_DEBUG="false",
-        DJANGO_SECRET_KEY="bench-" + "x" * 50,
-        DJANGO_SECURE_COOKIES="false",
-        DJANGO_SECURE_SSL_REDIRECT="false",
-        DJANGO_HSTS_SECONDS="0",
+    return production_env(
+        cfg.database_url,
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-        DATABASE_URL=cfg.database_url,
         **database_env(cfg.db_connections),
         REDIS_URL=cfg.redis_url,
         CHAT_TURNS_PER_MINUTE="1000",
         CHAT_FRAME_INTERVAL=str(cfg.frame_interval),
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
     )
-    env.pop("DJANGO_SECRET_KEY_FILE", None)
-    return env
 
 
 def prepare_database(cfg: Config, env: dict[str, str]) -> None:
