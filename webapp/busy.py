@@ -71,6 +71,11 @@ def busy_response(request: HttpRequest) -> HttpResponse:
     response = render(request, "busy.html", context, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     response["Cache-Control"] = "no-store"
+    if request.headers.get("HX-Request") == "true":
+        # An htmx request (the topic choice) swaps the whole page for this one: base.html's
+        # htmx-config lets a 503 swap, which htmx otherwise drops (a click that did nothing).
+        response["HX-Retarget"] = "body"
+        response["HX-Reswap"] = "innerHTML"
     return response
 
 
