@@ -8,6 +8,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,13 +130,12 @@ def _describe(exc: Exception, cfg: Config) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def platform_client(ws: Any, cfg: Config, offset: float) -> list[Turn]:
-    """One participant: wait their start offset, then send cfg.turns turns one after another."""
-    await asyncio.sleep(offset)
+async def _turns(take: Callable[[], Awaitable[Turn]], cfg: Config) -> list[Turn]:
+    """cfg.turns turns one after another, a think pause between; stop at the first failed one."""
     turns: list[Turn] = []
     for _ in range(cfg.turns):
         try:
-            turn = await platform_turn(ws, cfg)
+            turn = await take()
         except Exception as exc:  # recorded as a failed turn, not raised
             turn = Turn(error=_describe(exc, cfg))
         turns.append(turn)
@@ -143,6 +143,12 @@ async def platform_client(ws: Any, cfg: Config, offset: float) -> list[Turn]:
             break
         await asyncio.sleep(random.uniform(0, cfg.think_ms / 1000))
     return turns
+
+
+async def platform_client(ws: Any, cfg: Config, offset: float) -> list[Turn]:
+    """One participant: wait their start offset, then send cfg.turns turns one after another."""
+    await asyncio.sleep(offset)
+    return await _turns(lambda: platform_turn(ws, cfg), cfg)
 
 
 # --- direct path: httpx straight to the fake -------------------------------------------------
@@ -181,17 +187,7 @@ async def direct_client(url: str, gap: float, cfg: Config, offset: float) -> lis
     O(N) per request event in httpcore's pool (O(N^2) in all), which saturated this process."""
     import httpx
 
-    turns: list[Turn] = []
     # verify=False: plain http on loopback; loading the CA bundle costs ~20 ms per client.
     async with httpx.AsyncClient(timeout=cfg.turn_timeout, verify=False) as http:
         await asyncio.sleep(offset)
-        for _ in range(cfg.turns):
-            try:
-                turn = await direct_turn(http, url, gap, cfg)
-            except Exception as exc:  # recorded as a failed turn, not raised
-                turn = Turn(error=_describe(exc, cfg))
-            turns.append(turn)
-            if not turn.ok:
-                break
-            await asyncio.sleep(random.uniform(0, cfg.think_ms / 1000))
-    return turns
+        return await _turns(lambda: direct_turn(http, url, gap, cfg), cfg)
