@@ -8,7 +8,7 @@ all three at once. Bump SCHEMA_VERSION whenever a column is added, renamed or ch
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 RATING_COLUMN_PREFIX = "rating_turn_"
 # Spreadsheets run a cell that starts with one of these as a formula (OWASP: CSV injection).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -74,7 +74,11 @@ PARTICIPANTS = Table(
         _c("task_type", "string", "Document type of the task (blog_post, creative_writing, ...)."),
         _c("topic", "string", "Topic the participant chose."),
         _c("config_version", "int", "Study configuration version the participant saw."),
-        _c("status", "string", "Final status (completed, abandoned, returned, timed_out, ...)."),
+        _c(
+            "status",
+            "string",
+            "Final status (completed, declined, abandoned, returned, timed_out, ...).",
+        ),
         _c("outcome", "string", "Outcome that selected the completion code, if any."),
         _c("excluded", "bool", "Marked as excluded from analyses (never deleted)."),
         _c("exclusion_reason", "string", "Why the participant was excluded (empty if not)."),
@@ -123,6 +127,12 @@ MESSAGES = Table(
         _c("time_to_first_token", "float", "Seconds from request to first token."),
         _c("duration", "float", "Seconds from request to the last token."),
         _c("error_kind", "string", "Why a reply failed (empty when it did not)."),
+        _c(
+            "finish_reason",
+            "string",
+            "Why the model stopped (assistant rows): stop, or length when the reply was cut at the "
+            "token limit; empty while streaming or when it failed.",
+        ),
         _c("created_at", "datetime", "When the message row was created (UTC)."),
     ),
 )

@@ -327,6 +327,7 @@ def _messages_table(
         "time_to_first_token": np.where(assistant, ttft, np.nan),
         "duration": np.where(assistant, ttft + tokens / 60.0, np.nan),
         "error_kind": None,
+        "finish_reason": reply_only(np.full(n, "stop", object)),
         "created_at": consented + _seconds(wall * spread),
     }
     return _typed(columns, MESSAGES)

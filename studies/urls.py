@@ -1,11 +1,11 @@
 from django.urls import path
 
-from studies import entry_views, views
+from studies import views
 
 app_name = "studies"
 urlpatterns = [
-    path("s/<slug:slug>/", entry_views.entry, name="entry"),
-    path("s/<slug:slug>/resume/", entry_views.resume, name="resume"),
+    path("s/<slug:slug>/", views.entry, name="entry"),
+    path("s/<slug:slug>/resume/", views.resume, name="resume"),
     path("s/<slug:slug>/consent/", views.consent, name="consent"),
     path("s/<slug:slug>/brief/", views.brief, name="brief"),
     path("s/<slug:slug>/check/", views.check, name="check"),

@@ -177,7 +177,7 @@ def _sources(study: Study, checkpoints: list[int], cutoff: datetime, pilot: bool
         _related("messages", Message, [
             "id", pid, arm, "turn_index", "role", "attempt", "status", "content", "model",
             "prompt_ref", "generation_params", "prompt_tokens", "completion_tokens",
-            "time_to_first_token", "duration", "error_kind", "created_at",
+            "time_to_first_token", "duration", "error_kind", "finish_reason", "created_at",
         ], ["id"], who),
         _related("turn_ratings", TurnRating, [
             pid, arm, "after_turn", "score", "question_version", "created_at",

@@ -13,6 +13,7 @@ from django.test import Client
 from studies.models import Event, Participant, Study
 from studies.services import participants as svc
 from studies.services import reentry, turns
+from studies.services.participants import entry as entry_service
 from tests.factories import three_arm_study
 from tests.studies.conftest import complete_reply, new_key
 from tests.studies.test_flow import to_chat_with, url
@@ -215,7 +216,7 @@ def test_their_own_browser_continues_and_records_a_new_attempt():
 
 def race_with(monkeypatch, source: str) -> None:
     """Make the other tab's request create the participant just before this one inserts."""
-    real = svc.version_latest
+    real = entry_service.version_latest
     link = LINKS[source][0]
     raced = []
 
@@ -226,7 +227,7 @@ def race_with(monkeypatch, source: str) -> None:
             svc.participant_enter(study=study, external_id=external_id, source=source, params=link)
         return real(study)
 
-    monkeypatch.setattr(svc, "version_latest", rival_first)
+    monkeypatch.setattr(entry_service, "version_latest", rival_first)
 
 
 def test_the_loser_of_a_two_tab_race_is_not_bound_to_the_winner(monkeypatch):

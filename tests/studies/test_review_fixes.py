@@ -7,7 +7,7 @@ from django.conf import settings
 from django.test import Client
 from django.utils import timezone
 
-from studies import selectors, views
+from studies import selectors
 from studies.models import Event, FinalSurvey, Participant
 from studies.services import activity, allocation, housekeeping, turns, versions
 from studies.services import participants as svc
@@ -100,10 +100,10 @@ def test_a_double_clicked_consent_goes_on_to_the_brief(monkeypatch):
     ).participant
     stale = selectors.participant_for_page(participant.pk)
     svc.participant_consent(participant_id=participant.pk)  # the first click committed
-    original = views.selectors.participant_for_page
+    original = selectors.participant_for_page
     calls = iter([stale])  # the second click read the participant before that commit
     monkeypatch.setattr(
-        views.selectors, "participant_for_page", lambda pid: next(calls, None) or original(pid)
+        selectors, "participant_for_page", lambda pid: next(calls, None) or original(pid)
     )
     client = Client()
     bind(client, participant)

@@ -1,0 +1,50 @@
+"""Step 1, consent: record it and assign the arm and document type."""
+
+from django.db import transaction
+from django.utils import timezone
+
+from studies.models import Participant
+from studies.services import assignment
+from studies.services.activity import activity_apply
+from studies.services.events import event_record
+from studies.services.participants.steps import P, locked
+from studies.services.versions import version_latest
+
+
+def participant_consent(*, participant_id: int) -> Participant:
+    """Record consent and assign the arm and the document type (permuted blocks, locked).
+
+    A study's arrivals queue on its counter rows, so everything is read and computed before
+    `assign_participant` takes them: after it, only the participant's UPDATE and the event's
+    INSERT run before COMMIT (tests/studies/test_consent_locking.py pins this).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        participant = locked(participant_id, expected={P.ENTERED})
+        study = participant.study
+        # The version in force at consent (arms included) is the one the participant keeps.
+        entered_version = participant.config_version
+        participant.version = version_latest(study)
+        participant.config_version = participant.version.number
+        plan = assignment.assignment_plan(participant)
+        fields = ["condition", "document_type", "allocation", "status", "consented_at"]
+        fields += ["version", "config_version"]
+        fields += activity_apply(participant, signal="page", now=now)
+        assigned = assignment.assign_participant(participant, plan)
+        participant.condition = plan.conditions[assigned.condition_key]
+        participant.document_type = assigned.document_type
+        participant.allocation = assigned.record
+        participant.status = P.CONSENTED
+        participant.consented_at = now
+        participant.save(update_fields=fields)
+        event_record(
+            study_id=study.pk,
+            participant_id=participant.pk,
+            kind="study.participant.consented",
+            payload={
+                "allocation": participant.allocation,
+                "version": participant.config_version,
+                "entered_version": entered_version,
+            },
+        )
+    return participant

@@ -1,0 +1,74 @@
+"""Step 5, the final survey: the document, the ratings and the attention checks; completes the
+participant."""
+
+from dataclasses import asdict, dataclass
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from studies.models import FinalSurvey, Participant
+from studies.services.activity import activity_apply
+from studies.services.errors import StudyActionError
+from studies.services.events import event_record
+from studies.services.participants.check import answers_wrong
+from studies.services.participants.steps import MAX_DOCUMENT_CHARS, P, locked
+from studies.services.versions import frozen_study
+
+
+@dataclass(frozen=True)
+class FinalAnswers:
+    document_text: str
+    document_quality: int
+    overall_interaction: int
+    strengths: str
+    weaknesses: str
+    attention: tuple[int | None, ...] = ()
+
+
+def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> Participant:
+    """Store the final document and survey, score attention checks and complete the participant.
+
+    Failing the attention checks still completes the participant (their data are kept); the
+    outcome selects the code they are shown, and exclusion rules can mark them later.
+    """
+    if len(answers.document_text) > MAX_DOCUMENT_CHARS:
+        raise StudyActionError(
+            "too_long",
+            _("The document is limited to %(max_document_chars)s characters.")
+            % {"max_document_chars": MAX_DOCUMENT_CHARS},
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        participant = locked(participant_id, step="final")  # late submissions included
+        late = participant.status if participant.status != P.FINAL else None
+        frozen = frozen_study(participant)
+        checks = frozen.attention_checks
+        wrong = answers_wrong(checks, list(answers.attention))
+        survey = asdict(answers)
+        attention = survey.pop("attention")
+        FinalSurvey.objects.create(
+            participant=participant,
+            **survey,
+            extra_answers={"attention": list(attention)} if checks else {},
+        )
+        threshold = min(frozen.attention_fail_threshold, len(checks))
+        failed = bool(checks) and len(wrong) >= max(1, threshold)
+        participant.attention_failures = len(wrong)
+        participant.outcome = (
+            Participant.Outcome.FAILED_ATTENTION if failed else Participant.Outcome.COMPLETED
+        )
+        participant.status = P.COMPLETED
+        participant.completed_at = now
+        fields = activity_apply(participant, signal="page", now=now)
+        participant.save(
+            update_fields=["status", "completed_at", "outcome", "attention_failures", *fields]
+        )
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.participant.completed",
+            # A late survey (after housekeeping ended them) is kept; their slot may be reused.
+            payload={"outcome": participant.outcome, "attention_wrong": wrong, "late": late},
+        )
+    return participant

@@ -1,0 +1,35 @@
+"""Step 1: the consent page; agreeing assigns the arm."""
+
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_http_methods
+
+from studies.pages import at_step, closed_page, moved_on
+from studies.services import participants as svc
+from studies.services.errors import StudyActionError
+from studies.services.versions import frozen_study
+
+
+@require_http_methods(["GET", "POST"])
+def consent(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = at_step(request, slug, "consent")
+    if isinstance(participant, HttpResponse):
+        return participant
+    if request.method == "POST":
+        if request.POST.get("choice") != "agree":
+            return closed_page(
+                request, participant.study, _("You did not consent; you may close this page.")
+            )
+        try:
+            svc.participant_consent(participant_id=participant.pk)
+        except StudyActionError as exc:
+            if exc.code == "wrong_step":
+                return moved_on(participant.pk)
+            return closed_page(request, participant.study, exc.message)
+        return redirect("studies:brief", slug)
+    return render(
+        request,
+        "studies/consent.html",
+        {"participant": participant, "study": frozen_study(participant)},
+    )

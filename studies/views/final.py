@@ -1,0 +1,75 @@
+"""Step 5: the final survey (document, ratings, attention checks)."""
+
+from django import forms
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_http_methods
+
+from studies.pages import at_step, moved_on
+from studies.services import participants as svc
+from studies.services.errors import StudyActionError
+from studies.services.versions import frozen_study
+from studies.views.check import CheckForm
+
+
+class FinalForm(forms.Form):
+    document_text = forms.CharField(
+        label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS, widget=forms.Textarea
+    )
+    document_quality = forms.TypedChoiceField(
+        label=_("How good is the final document? (1 = very poor, 10 = excellent)"),
+        choices=[(i, i) for i in range(1, 11)],
+        coerce=int,
+        widget=forms.RadioSelect,
+    )
+    overall_interaction = forms.TypedChoiceField(
+        label=_("How was the interaction with the assistant overall? (1-10)"),
+        choices=[(i, i) for i in range(1, 11)],
+        coerce=int,
+        widget=forms.RadioSelect,
+    )
+    strengths = forms.CharField(
+        label=_("What did the assistant do well?"),
+        max_length=svc.MAX_ANSWER_CHARS,
+        widget=forms.Textarea,
+    )
+    weaknesses = forms.CharField(
+        label=_("What could the assistant do better?"),
+        max_length=svc.MAX_ANSWER_CHARS,
+        widget=forms.Textarea,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def final(request: HttpRequest, slug: str) -> HttpResponse:
+    participant = at_step(request, slug, "final")
+    if isinstance(participant, HttpResponse):
+        return participant
+    checks = frozen_study(participant).attention_checks
+    form = FinalForm(request.POST or None)
+    attention = CheckForm(checks, request.POST or None, prefix_name="attention_")
+    if request.method == "POST" and form.is_valid() and attention.is_valid():
+        try:
+            svc.participant_submit_final(
+                participant_id=participant.pk,
+                answers=svc.FinalAnswers(**form.cleaned_data, attention=tuple(attention.answers())),
+            )
+        except StudyActionError as exc:
+            if exc.code == "wrong_step":
+                return moved_on(participant.pk)
+            form.add_error(None, exc.message)
+        else:
+            return redirect("studies:done", slug)
+    status = 400 if request.method == "POST" else 200
+    return render(
+        request,
+        "studies/final.html",
+        {
+            "participant": participant,
+            "study": frozen_study(participant),
+            "form": form,
+            "attention": attention,
+        },
+        status=status,
+    )
