@@ -78,6 +78,8 @@
     if (!b) {
       const li = document.createElement("li");
       li.className = "message " + m.role;
+      // The <ol>'s role is "log", not "list": an <li> there must not claim to be a list item.
+      li.setAttribute("role", "none");
       li.dataset.id = m.id;
       const who = document.createElement("span");
       who.className = "who";
