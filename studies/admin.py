@@ -59,6 +59,7 @@ class ConditionInline(admin.TabularInline):
         "cap",
         "cap_per_stratum",
         "is_active",
+        "allow_continue",
     ]
 
 
@@ -568,7 +569,7 @@ class ParticipantAdmin(admin.ModelAdmin):
             )
             rating = (
                 ratings.get(m.turn_index)
-                if m.role == "assistant" and m.status == "complete"
+                if m.role == "assistant" and m.status == "complete" and not m.continuation_of_id
                 else None
             )
             if rating:
