@@ -229,24 +229,25 @@ def continue_allowed(participant: Participant) -> bool:
     return participant.condition is not None and participant.condition.allow_continue
 
 
+def _not_continuable() -> StudyActionError:
+    return StudyActionError(
+        "not_continuable",
+        _("Only the last reply that was cut off at the length limit can be continued."),
+    )
+
+
 def continue_refusal(participant: Participant, reply: Message) -> StudyActionError | None:
     """Why `reply` cannot be continued now, or None when it can."""
     cut = reply.role == Message.Role.ASSISTANT and reply.status == M.COMPLETE
     if not (cut and reply.finish_reason == LENGTH):
-        return StudyActionError(
-            "not_continuable",
-            _("Only the last reply that was cut off at the length limit can be continued."),
-        )
+        return _not_continuable()
     try:
         _require_chatting(participant)
     except StudyActionError as exc:
         return exc
     latest = participant.messages.filter(role=Message.Role.ASSISTANT).order_by("-id").first()
     if latest is None or latest.pk != reply.pk:
-        return StudyActionError(
-            "not_continuable",
-            _("Only the last reply that was cut off at the length limit can be continued."),
-        )
+        return _not_continuable()
     if time_is_up(participant):
         return StudyActionError(
             "time_up", _("Your time for the chat is up; please continue to the final questions.")
@@ -265,15 +266,11 @@ def turn_continue(*, participant_id: int, message_id: int) -> Message:
     """Start a continuation of the participant's last reply when it stopped at the token limit."""
     with transaction.atomic():
         participant = _lock(participant_id)
-        cut = participant.messages.filter(pk=message_id).first()
-        refusal = (
-            continue_refusal(participant, cut)
-            if cut is not None
-            else StudyActionError("not_continuable", _("That reply cannot be continued."))
-        )
-        if refusal is not None:
+        cut = participant.messages.filter(pk=message_id).first()  # only this participant's
+        if cut is None:
+            raise _not_continuable()
+        if (refusal := continue_refusal(participant, cut)) is not None:
             raise refusal
-        assert cut is not None
         attempts = participant.messages.filter(
             role=Message.Role.ASSISTANT, turn_index=cut.turn_index
         ).aggregate(last=Max("attempt"))

@@ -242,3 +242,12 @@ def test_user_tokens_count_a_continued_reply_once_and_not_its_instruction(chatti
     result = exports.export_study(chatting.study, tmp_path / "out")
     people = pq.read_table(result.path / "participants.parquet").to_pylist()
     assert [p["user_tokens"] for p in people] == [3]
+
+
+def test_another_participants_reply_is_not_continued(chatting):
+    stranger = advance_to_chat(ParticipantFactory(study=chatting.study))
+    theirs = turn(stranger).message
+    turn(chatting)
+    before = snapshot(stranger)
+    _refused(chatting, theirs, "not_continuable")
+    assert snapshot(stranger) == before
