@@ -8,7 +8,7 @@ all three at once. Bump SCHEMA_VERSION whenever a column is added, renamed or ch
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 RATING_COLUMN_PREFIX = "rating_turn_"
 # Spreadsheets run a cell that starts with one of these as a formula (OWASP: CSV injection).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -89,7 +89,11 @@ PARTICIPANTS = Table(
         _c("wall_seconds", "float", "Seconds from consent to completion (completed only)."),
         _c("active_seconds", "float", "Active seconds (idle gaps over the threshold removed)."),
         _c("n_user_turns", "int", "User messages sent (one per turn)."),
-        _c("n_complete_turns", "int", "Turns whose assistant reply completed."),
+        _c(
+            "n_complete_turns",
+            "int",
+            "Turns whose assistant reply completed (continuations of a cut reply are not turns).",
+        ),
         _c("assistant_tokens", "int", "Sum of completion tokens over the assistant's replies."),
         _c(
             "user_tokens",
@@ -116,7 +120,12 @@ MESSAGES = Table(
         ARM,
         _c("turn_index", "int", "1-based turn the message belongs to."),
         _c("role", "string", "user or assistant."),
-        _c("attempt", "int", "Attempt number (retries of a failed reply count up)."),
+        _c(
+            "attempt",
+            "int",
+            "Attempt number within the turn's assistant rows: a retry of a failed reply and a "
+            "continuation of a cut reply each take the next number.",
+        ),
         _c("status", "string", "complete, failed, interrupted or streaming."),
         _c("content", "string", "Message text."),
         _c("model", "string", "Model or adapter that produced the reply (pinned at the turn)."),
@@ -132,6 +141,12 @@ MESSAGES = Table(
             "string",
             "Why the model stopped (assistant rows): stop, or length when the reply was cut at the "
             "token limit; empty while streaming or when it failed.",
+        ),
+        _c(
+            "continuation_of",
+            "int",
+            "For a reply the participant asked to continue after it stopped at the token limit: "
+            "the message_id of the reply it continues (same turn); empty otherwise.",
         ),
         _c("created_at", "datetime", "When the message row was created (UTC)."),
     ),

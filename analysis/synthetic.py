@@ -328,6 +328,7 @@ def _messages_table(
         "duration": np.where(assistant, ttft + tokens / 60.0, np.nan),
         "error_kind": None,
         "finish_reason": reply_only(np.full(n, "stop", object)),
+        "continuation_of": np.full(n, np.nan),
         "created_at": consented + _seconds(wall * spread),
     }
     return _typed(columns, MESSAGES)

@@ -59,6 +59,7 @@ class ConditionInline(admin.TabularInline):
         "cap",
         "cap_per_stratum",
         "is_active",
+        "allow_continue",
     ]
 
 
@@ -554,7 +555,10 @@ class ParticipantAdmin(admin.ModelAdmin):
                     f"{m.status}; {m.model}; {m.prompt_ref};"
                     f" ttft {m.time_to_first_token or 0:.2f}s;"
                     f" {m.duration or 0:.1f}s; tokens {m.prompt_tokens}/{m.completion_tokens}"
+                    f"; finish {m.finish_reason or '-'}"
                 )
+                if m.continuation_of_id:
+                    timing += f"; continues message {m.continuation_of_id}"
             parts.append(
                 format_html(
                     '<div class="transcript-turn"><b>#{} {}</b> <small>{} {}</small>'
@@ -568,7 +572,7 @@ class ParticipantAdmin(admin.ModelAdmin):
             )
             rating = (
                 ratings.get(m.turn_index)
-                if m.role == "assistant" and m.status == "complete"
+                if m.role == "assistant" and m.status == "complete" and not m.continuation_of_id
                 else None
             )
             if rating:

@@ -70,6 +70,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         handler = {
             "send": self._send_turn,
             "retry": self._retry,
+            "continue": self._continue,
             "rating": self._rating,
             "presence": self._presence,
             "paste": self._paste,
@@ -105,6 +106,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             raise StudyActionError("malformed", "The page sent an incomplete retry.")
         reply = await db_call(turns.turn_retry)(
             participant_id=self.participant_id, message_id=content["message_id"]
+        )
+        generation.generation_start(message_id=reply.pk, participant_id=self.participant_id)
+        await self._announce(reply, user=None)
+
+    async def _continue(self, content: dict) -> None:
+        message_id = content.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            raise StudyActionError("malformed", "The page sent an incomplete request.")
+        reply = await db_call(turns.turn_continue)(
+            participant_id=self.participant_id, message_id=message_id
         )
         generation.generation_start(message_id=reply.pk, participant_id=self.participant_id)
         await self._announce(reply, user=None)

@@ -220,6 +220,10 @@ class Condition(models.Model):
         null=True, blank=True, help_text="Hard cap for the arm within each stratum."
     )
     is_active = models.BooleanField(default=True)
+    allow_continue = models.BooleanField(
+        default=True,
+        help_text="Participants may ask a reply cut off at the token limit to continue.",
+    )
 
     class Meta:
         ordering = ["study", "key"]
@@ -430,6 +434,15 @@ class Message(models.Model):
     duration = models.FloatField(null=True, blank=True)
     finish_reason = models.CharField(max_length=30, blank=True)
     idempotency_key = models.UUIDField(null=True, blank=True)
+    # A reply continuing one that stopped at the token limit (same turn): not a turn of its own.
+    continuation_of = models.ForeignKey(
+        "self",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="continuations",
+        help_text="The reply this one continues after it was cut off at the token limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -451,8 +464,17 @@ class Message(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["participant", "turn_index", "role"],
-                condition=Q(status="complete"),
+                condition=Q(status="complete", continuation_of__isnull=True),
                 name="message_one_complete_per_turn_role",
+            ),
+            models.UniqueConstraint(
+                fields=["continuation_of"],
+                condition=Q(status="complete"),
+                name="message_one_complete_continuation",
+            ),
+            models.CheckConstraint(
+                condition=Q(continuation_of__isnull=True) | Q(role="assistant"),
+                name="message_continuation_is_assistant",
             ),
             models.CheckConstraint(
                 condition=Q(role="assistant") | Q(idempotency_key__isnull=False),

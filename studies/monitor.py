@@ -286,7 +286,11 @@ def _in_progress(qs: QuerySet) -> list[Participant]:
         .annotate(
             turns=Count(
                 "messages",
-                filter=Q(messages__role=Message.Role.ASSISTANT, messages__status=M.COMPLETE),
+                filter=Q(
+                    messages__role=Message.Role.ASSISTANT,
+                    messages__status=M.COMPLETE,
+                    messages__continuation_of__isnull=True,
+                ),
             ),
             streaming=Count("messages", filter=Q(messages__status=M.STREAMING)),
             last_seen=Coalesce("last_active_at", "entered_at"),

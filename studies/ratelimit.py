@@ -21,13 +21,15 @@ class Rate:
 
 
 # What chat.js sends, and so what a real page never exceeds: a message per submitted draft (plus
-# one resend after a reconnect), a retry or rating per click, presence on connect, on every
-# visibility change and every heartbeat (15 s), paste per paste event, and sync after each
-# complete/failed/rated frame, at the time limit, and at most every 2 s while a stream is quiet.
+# one resend after a reconnect), a retry, continue or rating per click, presence on connect, on
+# every visibility change and every heartbeat (15 s), paste per paste event, and sync after each
+# complete/failed/rated frame, after a refused continue, at the time limit, and at most every 2 s
+# while a stream is quiet.
 # The turn limit itself (CHAT_TURNS_PER_MINUTE, turns.turn_start) still applies to stored turns.
 FRAME_RATES: dict[str, Rate] = {
     "send": Rate(0.5, 10),
     "retry": Rate(0.2, 5),
+    "continue": Rate(0.2, 5),
     "rating": Rate(0.5, 5),
     "presence": Rate(0.5, 20),
     "paste": Rate(0.5, 20),

@@ -8,6 +8,7 @@ from models_serving.client import EndpointSpec
 from models_serving.prompts import load_prompt
 from models_serving.routing import replica_list
 from studies.models import Message, Participant, Study, Task
+from studies.services import turns
 from studies.services.endpoints import endpoint_client_spec
 from studies.services.participants import completed_turns
 from studies.services.rendering import render_markdown
@@ -56,28 +57,51 @@ def generation_plan(*, message_id: int) -> GenerationPlan:
     endpoint = condition.endpoint
     prompt_name, _, rest = reply.prompt_ref.partition("@")
     prompt = load_prompt(prompt_name, rest.partition("#")[0] or None)
-    history: list[dict[str, str]] = []
-    if prompt.text:
-        history.append({"role": "system", "content": prompt.text})
-    earlier = Message.objects.filter(
-        participant_id=reply.participant_id, turn_index__lte=reply.turn_index
-    ).order_by("id")
-    for m in earlier:
-        if m.role == Message.Role.USER or (
-            m.status == M.COMPLETE and m.turn_index < reply.turn_index
-        ):
-            history.append({"role": m.role, "content": m.content})
+    history = _history(reply, prompt.text)
+    params = {k: v for k, v in reply.generation_params.items() if k != turns.CONTINUATION_KEY}
     spec = endpoint_client_spec(endpoint, reply.model)
     return GenerationPlan(
         message_id,
         reply.participant_id,
         spec,
         history,
-        reply.generation_params,
+        params,
         endpoint=endpoint.name,
         replicas=tuple(replica_list(endpoint.base_url, endpoint.replica_urls or ())),
         max_streams=endpoint.max_concurrent_streams,
     )
+
+
+def _history(reply: Message, system_prompt: str) -> list[dict[str, str]]:
+    """The conversation the model sees for `reply`.
+
+    Each earlier turn: the user's message and its reply as one assistant message (the complete
+    reply joined with its complete continuations). For a continuation, the parts of its own
+    turn so far follow as one assistant message, then the recorded instruction to go on.
+    """
+    history: list[dict[str, str]] = []
+    if system_prompt:
+        history.append({"role": "system", "content": system_prompt})
+    earlier = Message.objects.filter(
+        participant_id=reply.participant_id, turn_index__lte=reply.turn_index, id__lt=reply.pk
+    ).order_by("id")
+    parts: list[str] = []
+    for m in earlier:
+        if m.role == Message.Role.USER:
+            if parts:
+                history.append({"role": "assistant", "content": turns.join_reply_parts(parts)})
+                parts = []
+            history.append({"role": m.role, "content": m.content})
+        elif m.status == M.COMPLETE and (
+            m.turn_index < reply.turn_index or reply.continuation_of_id
+        ):
+            parts.append(m.content)
+    if parts:
+        history.append({"role": "assistant", "content": turns.join_reply_parts(parts)})
+    continuation = reply.generation_params.get(turns.CONTINUATION_KEY)
+    if reply.continuation_of_id is not None and isinstance(continuation, dict):
+        history.append({"role": "user", "content": continuation["instruction"]})
+    return history
 
 
 def message_frame(message: Message) -> dict:
@@ -94,12 +118,17 @@ def message_frame(message: Message) -> dict:
         frame["html"] = message.html or render_markdown(message.content)
     if message.status in (M.FAILED, M.INTERRUPTED):
         frame["error"] = message.error_kind
+    if message.role == Message.Role.ASSISTANT:
+        frame["finish_reason"] = message.finish_reason
+        frame["continuation_of"] = message.continuation_of_id
     return frame
 
 
 def chat_state(*, participant_id: int) -> dict:
     """The whole chat as the page needs it after (re)connecting."""
-    participant = Participant.objects.select_related("study", "version").get(pk=participant_id)
+    participant = Participant.objects.select_related("study", "version", "condition").get(
+        pk=participant_id
+    )
     study = frozen_study(participant)
     messages = list(participant.messages.order_by("id"))
     done = completed_turns(participant_id)
@@ -121,4 +150,13 @@ def chat_state(*, participant_id: int) -> dict:
         "seconds_left": max(0.0, (deadline - timezone.now()).total_seconds()) if deadline else None,
         "warning_seconds": study.time_warning_minutes * 60,
         "time_up": time_up,
+        "continuable": _continuable(participant, messages),
     }
+
+
+def _continuable(participant: Participant, messages: list[Message]) -> int | None:
+    """The id of the reply the participant may ask to continue now, if any."""
+    replies = [m for m in messages if m.role == Message.Role.ASSISTANT]
+    if not replies or replies[-1].finish_reason != turns.LENGTH:  # no query in the usual case
+        return None
+    return replies[-1].pk if turns.continue_refusal(participant, replies[-1]) is None else None

@@ -41,6 +41,7 @@ def make_po(tmp_path: Path, monkeypatch, settings, domain: str, copies: dict[str
         "What did the assistant do well?",
         "Please write at least %(shortest)s characters so the assistant can help you.",
         "Please rate the conversation so far to continue.",
+        "Only the last reply that was cut off at the length limit can be continued.",
     ],
 )
 def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
@@ -60,6 +61,8 @@ def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings,
         "Retry this reply",
         "Turns completed: %(done)s of at least %(min)s.",
         "Reconnecting… your messages are safe.",
+        "This reply was cut off at the length limit.",
+        "Assistant (continued)",
     ],
 )
 def test_chat_script_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):

@@ -73,6 +73,7 @@ def exclusions_apply(*, study_id: int, by: str = "") -> dict[int, str]:
             filter=Q(
                 messages__role=Message.Role.ASSISTANT,
                 messages__status=Message.Status.COMPLETE,
+                messages__continuation_of__isnull=True,
             ),
         ),
     )

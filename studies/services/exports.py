@@ -54,19 +54,23 @@ BATCH_ROWS = 5000
 Progress = Callable[[float, str], None]
 _ZipTarget = TypeVar("_ZipTarget", Path, IO[bytes])
 
-# Per assistant reply: prompt tokens beyond the previous reply's prompt and completion, i.e. what
-# the participant added (plus the chat template's few tokens). The first turn has no previous
-# prompt to subtract (its prompt is mostly the arm's system prompt), so it is not counted. Null
-# when any completed reply lacks a count.
+# Per turn: the reply's prompt tokens beyond the previous turn's prompt and completion, i.e. what
+# the participant added (plus the chat template's few tokens). A turn's completion is its reply's
+# plus its continuations' (later prompts hold them joined); a continuation's own prompt is not a
+# turn's. The first turn has no previous prompt to subtract (its prompt is mostly the arm's
+# system prompt), so it is not counted. Null when any completed reply lacks a count.
 USER_TOKENS_SQL = """
 SELECT CASE WHEN count(*) = 0 THEN 0 WHEN bool_and(g.counted) THEN coalesce(sum(g.growth), 0) END
 FROM (
-    SELECT m.prompt_tokens IS NOT NULL AND m.completion_tokens IS NOT NULL AS counted,
-           m.prompt_tokens - lag(m.prompt_tokens + m.completion_tokens)
+    SELECT bool_and(m.prompt_tokens IS NOT NULL AND m.completion_tokens IS NOT NULL) AS counted,
+           max(m.prompt_tokens) FILTER (WHERE m.continuation_of_id IS NULL)
+               - lag(max(m.prompt_tokens) FILTER (WHERE m.continuation_of_id IS NULL)
+                     + sum(m.completion_tokens))
                OVER (ORDER BY m.turn_index) AS growth
     FROM studies_message m
     WHERE m.participant_id = studies_participant.id AND m.role = 'assistant'
       AND m.status = 'complete' AND m.created_at <= %s
+    GROUP BY m.turn_index
 ) g
 """
 WALL_SECONDS_SQL = (
@@ -145,7 +149,9 @@ def _participants(study: Study, checkpoints: list[int], cutoff: datetime, pilot:
         "stratum": KeyTextTransform("stratum", KeyTransform("arm", "allocation")),
         "wall_seconds": RawSQL(WALL_SECONDS_SQL, [], output_field=FloatField()),
         "n_user_turns": _per_participant(user, Count("pk")),
-        "n_complete_turns": _per_participant(assistant.filter(status="complete"), Count("pk")),
+        "n_complete_turns": _per_participant(
+            assistant.filter(status="complete", continuation_of__isnull=True), Count("pk")
+        ),
         "assistant_tokens": _per_participant(assistant, Sum("completion_tokens")),
         "user_tokens": RawSQL(USER_TOKENS_SQL, [cutoff], output_field=IntegerField()),
         "user_chars": _per_participant(user, Sum(Length("content"))),
@@ -177,7 +183,8 @@ def _sources(study: Study, checkpoints: list[int], cutoff: datetime, pilot: bool
         _related("messages", Message, [
             "id", pid, arm, "turn_index", "role", "attempt", "status", "content", "model",
             "prompt_ref", "generation_params", "prompt_tokens", "completion_tokens",
-            "time_to_first_token", "duration", "error_kind", "finish_reason", "created_at",
+            "time_to_first_token", "duration", "error_kind", "finish_reason", "continuation_of",
+            "created_at",
         ], ["id"], who),
         _related("turn_ratings", TurnRating, [
             pid, arm, "after_turn", "score", "question_version", "created_at",

@@ -401,6 +401,7 @@ async def _store(fields: dict, *, held: bool = False) -> dict | None:
         "completed_turns": outcome.completed_turns,
         "rating_due": outcome.rating_due_after,
         "status": outcome.status,
+        "continuable": outcome.continuable,
     }
 
 

@@ -38,6 +38,21 @@ REAPED = "stale"
 LATE = "finished_late"
 # A reply streaming for a participant who left for good, or in a closed study, is cancelled.
 GONE = {P.ABANDONED, P.RETURNED, P.TIMED_OUT, P.EXCLUDED}
+# Continuing a reply cut off at the token limit: a bounded number per turn, each a new assistant
+# row on the same turn (continuation_of set) that never counts as a turn. The model is asked with
+# the conversation up to the cut reply and then this fixed user message: both llama.cpp's server
+# and vLLM apply the chat template to it as to any message (neither supports asking a model to
+# extend an unfinished assistant message in the same way). The instruction used is recorded in
+# the row's generation_params under CONTINUATION_KEY (kept out of the request's parameters).
+LENGTH = "length"
+CONTINUATIONS_PER_TURN = 3
+CONTINUATION_KEY = "continuation"
+CONTINUE_INSTRUCTION = (
+    "Continue exactly where you stopped. Do not repeat anything you already wrote and do not "
+    "start over; write only the rest of your reply."
+)
+# Only complete replies that are not continuations are turns (counted for ratings, min/max turns).
+TURN_REPLY = Q(role=Message.Role.ASSISTANT, status=M.COMPLETE, continuation_of__isnull=True)
 
 
 @dataclass(frozen=True)
@@ -68,17 +83,23 @@ def _require_chatting(participant: Participant, *, streaming: bool | None = None
 
 def _turn_stats(participant: Participant, *, key: uuid.UUID, since) -> dict:
     """Everything turn_start checks, in one query (it sits on the time to first token)."""
-    assistant, user = Q(role=Message.Role.ASSISTANT), Q(role=Message.Role.USER)
+    user = Q(role=Message.Role.USER)
     return participant.messages.aggregate(
         replay=Max("id", filter=Q(idempotency_key=key)),
         streaming=Count("id", filter=Q(status=M.STREAMING)),
-        done=Count("id", filter=assistant & Q(status=M.COMPLETE)),
+        done=Count("id", filter=TURN_REPLY),
         recent=Count("id", filter=user & Q(created_at__gte=since)),
         last_turn=Max("turn_index"),
     )
 
 
-def _assistant_placeholder(participant: Participant, *, turn_index: int, attempt: int) -> Message:
+def _assistant_placeholder(
+    participant: Participant,
+    *,
+    turn_index: int,
+    attempt: int,
+    continuation_of: Message | None = None,
+) -> Message:
     """The reply row, pinned to the arm as frozen in the participant's study version."""
     condition = participant.condition
     assert condition is not None
@@ -87,6 +108,9 @@ def _assistant_placeholder(participant: Participant, *, turn_index: int, attempt
         for f in ("model_name", "system_prompt", "prompt_version", "generation_params")
     }
     prompt = load_prompt(frozen["system_prompt"], frozen["prompt_version"] or None)
+    params = frozen["generation_params"]
+    if continuation_of is not None:
+        params = {**params, CONTINUATION_KEY: {"instruction": CONTINUE_INSTRUCTION}}
     return Message.objects.create(
         participant=participant,
         turn_index=turn_index,
@@ -96,7 +120,8 @@ def _assistant_placeholder(participant: Participant, *, turn_index: int, attempt
         model=frozen["model_name"] or condition.endpoint.served_model,
         endpoint_url=condition.endpoint.base_url,
         prompt_ref=prompt.ref,
-        generation_params=frozen["generation_params"],
+        generation_params=params,
+        continuation_of=continuation_of,
     )
 
 
@@ -182,7 +207,10 @@ def turn_retry(*, participant_id: int, message_id: int) -> Message:
         if last is None or last.pk != message_id or last.status not in RETRYABLE:
             raise StudyActionError("not_retryable", _("Only the last failed reply can be retried."))
         reply = _assistant_placeholder(
-            participant, turn_index=last.turn_index, attempt=last.attempt + 1
+            participant,
+            turn_index=last.turn_index,
+            attempt=last.attempt + 1,
+            continuation_of=last.continuation_of,
         )
         event_record(
             study_id=participant.study_id,
@@ -191,6 +219,92 @@ def turn_retry(*, participant_id: int, message_id: int) -> Message:
             payload={"turn": last.turn_index, "failed": last.pk, "reply": reply.pk},
         )
     return reply
+
+
+def continue_allowed(participant: Participant) -> bool:
+    """Whether the participant's arm, as frozen in their version, lets cut replies continue."""
+    frozen = arm_settings(participant)
+    if frozen is not None:
+        return bool(frozen.get("allow_continue", True))
+    return participant.condition is not None and participant.condition.allow_continue
+
+
+def _not_continuable() -> StudyActionError:
+    return StudyActionError(
+        "not_continuable",
+        _("Only the last reply that was cut off at the length limit can be continued."),
+    )
+
+
+def continue_refusal(participant: Participant, reply: Message) -> StudyActionError | None:
+    """Why `reply` cannot be continued now, or None when it can."""
+    cut = reply.role == Message.Role.ASSISTANT and reply.status == M.COMPLETE
+    if not (cut and reply.finish_reason == LENGTH):
+        return _not_continuable()
+    try:
+        _require_chatting(participant)
+    except StudyActionError as exc:
+        return exc
+    latest = participant.messages.filter(role=Message.Role.ASSISTANT).order_by("-id").first()
+    if latest is None or latest.pk != reply.pk:
+        return _not_continuable()
+    if time_is_up(participant):
+        return StudyActionError(
+            "time_up", _("Your time for the chat is up; please continue to the final questions.")
+        )
+    if not continue_allowed(participant):
+        return StudyActionError("continue_off", _("Replies cannot be continued in this chat."))
+    continued = participant.messages.filter(
+        turn_index=reply.turn_index, continuation_of__isnull=False, status=M.COMPLETE
+    ).count()
+    if continued >= CONTINUATIONS_PER_TURN:
+        return StudyActionError("continue_limit", _("This reply cannot be continued any further."))
+    return None
+
+
+def turn_continue(*, participant_id: int, message_id: int) -> Message:
+    """Start a continuation of the participant's last reply when it stopped at the token limit."""
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        cut = participant.messages.filter(pk=message_id).first()  # only this participant's
+        if cut is None:
+            raise _not_continuable()
+        if (refusal := continue_refusal(participant, cut)) is not None:
+            raise refusal
+        attempts = participant.messages.filter(
+            role=Message.Role.ASSISTANT, turn_index=cut.turn_index
+        ).aggregate(last=Max("attempt"))
+        reply = _assistant_placeholder(
+            participant,
+            turn_index=cut.turn_index,
+            attempt=attempts["last"] + 1,
+            continuation_of=cut,
+        )
+        now = timezone.now()
+        participant.save(update_fields=activity_apply(participant, signal="active", now=now))
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.turn.continued",
+            payload={"turn": cut.turn_index, "continues": cut.pk, "reply": reply.pk},
+        )
+    return reply
+
+
+def join_reply_parts(parts: list[str]) -> str:
+    """A cut reply and its continuations as one text, as later turns' history holds it.
+
+    A model asked to go on starts its message without the space its tokenizer would have put
+    between two words, so one is added where both sides of the seam are text and the next part
+    does not open with punctuation (a cut inside a word gets a stray space: the rarer case).
+    """
+    text = ""
+    for part in parts:
+        if text and part and not text[-1].isspace() and not part[0].isspace():
+            if part[0] not in ".,;:!?)]}'\"":
+                text += " "
+        text += part
+    return text
 
 
 def _later_attempt() -> Exists:
@@ -227,6 +341,7 @@ class TurnOutcome:
     completed_turns: int
     superseded: bool = False  # a late reply kept on its reaped row; a retry replaced it
     status: str = ""  # the participant's status after the write
+    continuable: bool = False  # the participant may ask this reply to continue now
 
 
 def turn_complete(
@@ -290,10 +405,15 @@ def turn_complete(
         message.duration = duration
         message.completed_at = now
         message.save()
-        done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+        done = participant.messages.filter(TURN_REPLY).count()
         every = frozen_study(participant).rating_every
         rating_due = (
-            done if every and done % every == 0 and participant.status == P.CHATTING else None
+            done
+            if every
+            and done % every == 0
+            and participant.status == P.CHATTING
+            and message.continuation_of_id is None
+            else None
         )
         if rating_due is not None:
             participant.status = P.RATING_DUE
@@ -310,7 +430,13 @@ def turn_complete(
                 **({"held": True} if held else {}),
             },
         )
-    return TurnOutcome(message, rating_due, done, status=participant.status)
+    return TurnOutcome(
+        message,
+        rating_due,
+        done,
+        status=participant.status,
+        continuable=continue_refusal(participant, message) is None,
+    )
 
 
 def turn_usage_record(
@@ -350,7 +476,7 @@ def _keep_late_reply(participant: Participant, message: Message, text: str) -> T
         kind="study.turn.late_reply_kept",
         payload={"turn": message.turn_index, "reply": message.pk, "status": participant.status},
     )
-    done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+    done = participant.messages.filter(TURN_REPLY).count()
     return TurnOutcome(message, None, done, superseded=True)
 
 
@@ -499,7 +625,7 @@ def rating_record(*, participant_id: int, after_turn: int, score: int) -> TurnRa
         participant = _lock(participant_id)
         if participant.status != P.RATING_DUE:
             raise StudyActionError("no_rating_due", _("No rating is due right now."))
-        done = participant.messages.filter(role=Message.Role.ASSISTANT, status=M.COMPLETE).count()
+        done = participant.messages.filter(TURN_REPLY).count()
         if after_turn != done:
             raise StudyActionError("wrong_checkpoint", _("That rating is not the one due now."))
         rating = TurnRating.objects.create(participant=participant, after_turn=done, score=score)

@@ -53,6 +53,7 @@ CONDITION_FIELDS = [
     "cap",
     "cap_per_stratum",
     "is_active",
+    "allow_continue",
 ]
 TASK_FIELDS = ["document_type", "topic", "brief", "intent_questions"]
 

@@ -7,7 +7,8 @@ ends without finish_reason or [DONE]; fake-drop cuts the connection mid-stream; 
 streams like llama-cpp-python's server (no usage chunk even when asked; counts come from
 POST /extras/tokenize/count, which waits while `count_gate` is set and cleared); fake-script
 answers with the server's next scripted reply (`responder(body)`, else `script`, a list it pops
-from the front; "!500" fails that call; fake_delay_ms spaces its words). max_tokens sets N;
+from the front; "!500" fails that call; a reply starting "!length " streams the rest and stops
+as if cut at the token limit; fake_delay_ms spaces its words). max_tokens sets N;
 extra body fields fake_delay_ms and fake_first_token_delay_ms override the delays per request.
 Benchmarks: python -m tests.fakes.openai_server --port 8090 --tokens 64 --delay-ms 5
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, cast
 
+LENGTH_MARK = "!length "  # a scripted reply that ends as if cut at the token limit
 MODELS = tuple(
     "fake fake-slow fake-stall fake-stall-first fake-500 fake-400 fake-malformed fake-truncated"
     " fake-drop fake-script fake-llamacpp".split()
@@ -271,7 +273,9 @@ class FakeOpenAIServer:
         self, body: dict[str, Any], reply: _Reply, writer: asyncio.StreamWriter
     ) -> None:
         """Stream the chosen scripted reply word by word, with usage when asked for."""
-        text = body["_scripted"]
+        text, finish = body["_scripted"], "stop"
+        if text.startswith(LENGTH_MARK):
+            text, finish = text.removeprefix(LENGTH_MARK), "length"
         words = text.split(" ")
         # Only when the request asks: scripted replies otherwise arrive at once, as before.
         delay = float(body.get("fake_delay_ms", 0)) / 1000
@@ -280,7 +284,7 @@ class FakeOpenAIServer:
                 await writer.drain()
                 await asyncio.sleep(delay)
             writer.write(_event(reply.chunk({"content": word if i == 0 else " " + word})))
-        writer.write(_event(reply.chunk({}, "stop")))
+        writer.write(_event(reply.chunk({}, finish)))
         if (body.get("stream_options") or {}).get("include_usage"):
             writer.write(_event(reply.chunk(None, usage=_usage(body, len(words)))))
         writer.write(_event("[DONE]"))

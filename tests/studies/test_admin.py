@@ -63,3 +63,19 @@ def test_the_participant_list_costs_a_fixed_number_of_queries(
         advance_to_chat(ParticipantFactory(study=study))
     with django_assert_max_num_queries(len(first.captured_queries)):
         researcher.get(reverse("admin:studies_participant_changelist"))
+
+
+def test_the_admin_shows_the_continue_setting_and_marks_continuations(researcher, chatted):
+    page = researcher.get(reverse("admin:studies_study_change", args=[chatted.study_id]))
+    assert 'name="conditions-0-allow_continue"' in page.content.decode()
+    cut = turns.turn_start(participant_id=chatted.pk, text="And more", key=new_key())
+    turns.turn_complete(
+        message_id=cut.assistant_message.pk, text="Cut", model="m", finish_reason="length",
+        prompt_tokens=5, completion_tokens=2, time_to_first_token=0.1, duration=0.3,
+    )  # fmt: skip
+    turns.rating_record(participant_id=chatted.pk, after_turn=2, score=5)  # due after turn 2
+    more = turns.turn_continue(participant_id=chatted.pk, message_id=cut.assistant_message.pk)
+    url = reverse("admin:studies_participant_change", args=[chatted.pk])
+    page = researcher.get(url).content.decode()
+    assert "finish length" in page
+    assert f"continues message {more.continuation_of_id}" in page

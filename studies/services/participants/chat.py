@@ -14,9 +14,12 @@ from studies.services.versions import frozen_study
 
 
 def completed_turns(participant_id: int) -> int:
-    """Turns whose assistant reply completed."""
+    """Turns whose assistant reply completed (a continuation of a cut reply is not a turn)."""
     return Message.objects.filter(
-        participant_id=participant_id, role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE
+        participant_id=participant_id,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.COMPLETE,
+        continuation_of__isnull=True,
     ).count()
 
 

@@ -19,7 +19,7 @@
   // same message and the server stores it once.
   const draftKey = document.body.dataset.draftKey;
   const heartbeatMs = 1000 * Number(root.dataset.heartbeat || 15);
-  const bubbles = new Map(); // message id -> {el, text, status}
+  const bubbles = new Map(); // message id -> {el, text, status, finish, continues}
   let socket = null, retryDelay = 500, pending = null, ratingDue = null, streaming = false;
   let lastInput = Date.now(), lastFrame = Date.now(), announced = new Map();
   let minChars = 0, deadline = null, warningMs = 0, warned = false, timeUp = false;
@@ -99,12 +99,54 @@
     b.status = m.status;
     b.text = m.text || "";
     b.el.dataset.status = m.status;
+    if (m.finish_reason !== undefined) b.finish = m.finish_reason;
+    if (m.continuation_of) markContinued(b, m.continuation_of);
     if (m.html !== undefined) b.body.innerHTML = m.html; // sanitised server-side (markdown-it + nh3)
     else b.body.textContent = b.text;
     b.el.querySelectorAll(".failure").forEach((n) => n.remove());
     if (m.status === "failed" || m.status === "interrupted") showFailure(b, m);
     if (m.status !== "streaming" && root.dataset.saving === String(m.id)) saved();
     return b;
+  }
+
+  // A continuation of a cut reply: its own bubble, directly below the reply, marked as such.
+  function markContinued(b, of) {
+    if (b.continues === of) return;
+    b.continues = of;
+    b.el.classList.add("continued");
+    b.el.dataset.continues = of;
+    b.el.querySelector(".who").textContent = gettext("Assistant (continued)");
+  }
+
+  // Under the last part of a reply cut at the token limit: a notice, and the Continue button
+  // when the server says this reply may be continued now.
+  let continuing = null;
+  function showCutNotices() {
+    list.querySelectorAll(".cut-notice").forEach((n) => n.remove());
+    const continued = new Set();
+    bubbles.forEach((b) => { if (b.continues && b.status === "complete") continued.add(b.continues); });
+    bubbles.forEach((b, id) => {
+      if (b.status !== "complete" || b.finish !== "length" || continued.has(id)) return;
+      const box = document.createElement("div");
+      box.className = "cut-notice";
+      const p = document.createElement("p");
+      p.textContent = gettext("This reply was cut off at the length limit.");
+      box.append(p);
+      if (last.continuable === id && !streaming) {
+        const more = document.createElement("button");
+        more.type = "button";
+        more.className = "continue";
+        more.textContent = gettext("Continue");
+        more.disabled = continuing === id || Boolean(pending);
+        more.onclick = () => {
+          more.disabled = true;
+          continuing = id;
+          send({ type: "continue", message_id: id });
+        };
+        box.append(more);
+      }
+      b.el.append(box);
+    });
   }
 
   function showFailure(b, m) {
@@ -145,6 +187,7 @@
     progress.textContent = fmt(gettext("Turns completed: %(done)s of at least %(min)s."),
       { done: state.completed_turns, min: state.min_turns });
     if (timeUp) showTimeUp();
+    showCutNotices();
     updateCount();
     if (!rating.hidden) rating.querySelector("button").focus();
   }
@@ -208,6 +251,8 @@
       if (f.user) render(f.user);
       render(f.message);
       alerts.textContent = "";
+      last.continuable = null;
+      continuing = null;
       setControls(last);
     } else if (f.type === "delta") {
       const b = bubble({ id: f.id, role: "assistant", status: "streaming" });
@@ -243,11 +288,17 @@
     } else if (f.type === "complete") {
       render(f.message);
       announce(f.message.id, f.message.text, true);
+      if (f.message.finish_reason === "length") {
+        const p = document.createElement("p");
+        p.textContent = gettext("This reply was cut off at the length limit.");
+        announcer.append(p);
+      }
       if (f.status === undefined) { send({ type: "sync" }); return; } // stored late: no counters
       // The frame carries the rendered reply and the counters: no need to fetch the whole chat.
       last.status = f.status;
       last.completed_turns = f.completed_turns;
       last.rating_due = f.rating_due;
+      last.continuable = f.continuable ? f.message.id : null;
       last.can_finish = f.status === "chatting" && (f.completed_turns >= last.min_turns || timeUp);
       setControls(last);
     } else if (f.type === "failed") {
@@ -258,6 +309,7 @@
       send({ type: "sync" });
     } else if (f.type === "error") {
       alerts.textContent = f.message;
+      if (continuing !== null) { continuing = null; send({ type: "sync" }); } // refused: fresh state
       if (pending && f.key === pending.key) { pending = null; saveDraft(); } // refused: kept in the box
     }
   }
