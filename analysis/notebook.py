@@ -55,11 +55,15 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
         ),
         md(
             "## Pairwise tests and effect sizes\n\n"
-            "Welch's t and Mann-Whitney U with Holm's correction within each outcome, Hedges' g "
-            "and Cliff's delta with CIs."
+            "Welch's t and Mann-Whitney U with Holm's correction within each outcome; the "
+            "difference of means (Welch CI), Hedges' g and Cliff's delta with CIs, all read as "
+            "arm a versus arm b, where b is the reference arm in every pair that has it."
         ),
         code(
-            "pairs = {o: stats.pairwise(people, o, order=arms, **BOOT) for o in prep.outcomes}\n"
+            "pairs = {\n"
+            "    o: stats.pairwise(people, o, order=arms, reference=prep.reference_arm, **BOOT)\n"
+            "    for o in prep.outcomes\n"
+            "}\n"
             "pairs['overall_interaction']"
         ),
         md("## Relative change against the reference arm\n\nWith a bootstrap CI."),

@@ -107,7 +107,7 @@ def test_the_numbers_are_those_of_the_stats_functions(report, analysed):
     for outcome in ("overall_interaction", "wall_seconds", "rating_turn_6"):
         expected = stats.describe(people, outcome, **boot)
         same(summary["descriptives"][outcome], expected)
-        pairs = stats.pairwise(people, outcome, order=analysed.arms, **boot)
+        pairs = stats.pairwise(people, outcome, order=analysed.arms, reference="base", **boot)
         same(summary["pairwise"][outcome], pairs)
         change = stats.relative_change(people, outcome, reference="base", **boot)
         same(summary["relative_change"][outcome], change)
@@ -290,3 +290,22 @@ def test_worker_processes_give_the_same_summary_as_one_process(tmp_path):
     for summary in (serial, parallel):
         summary.pop("generated_at")
     assert serial == parallel
+
+
+def test_pairwise_effects_read_arm_versus_reference_with_the_relative_change(report, study):
+    _, summary, _ = report
+    assert study.truth.satisfaction_change["collabllm"] > 0.1  # the arm is clearly better
+    for outcome in ("overall_interaction", "document_quality"):
+        (pair,) = [
+            r
+            for r in summary["pairwise"][outcome]
+            if {r["arm_a"], r["arm_b"]} == {"collabllm", "base"}
+        ]
+        (change,) = [r for r in summary["relative_change"][outcome] if r["arm"] == "collabllm"]
+        assert (pair["arm_a"], pair["arm_b"]) == ("collabllm", "base")
+        assert pair["difference"] == pytest.approx(pair["mean_a"] - pair["mean_b"])
+        assert pair["difference"] == pytest.approx(change["change"] * change["reference_mean"])
+        assert 0 < pair["diff_ci_low"] < pair["difference"] < pair["diff_ci_high"]
+        assert 0 < pair["g_ci_low"] < pair["hedges_g"] < pair["g_ci_high"]
+        assert 0 < pair["cliffs_delta"] and 0 < change["ci_low"] < change["change"]
+        assert pair["welch_t"] > 0
