@@ -93,6 +93,8 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
             "means = trajectories.trajectory_means(ratings, level=LEVEL, **BOOT)\n"
             "model = trajectories.mixed_model(ratings, reference_arm=prep.reference_arm)\n"
             "print(model.formula, '| converged:', model.converged)\n"
+            "print('random-intercept variance', model.group_var, '| residual variance',\n"
+            "      model.residual_var, '| ICC', model.icc)\n"
             "model.coefficients"
         ),
         md("## Per document type"),
