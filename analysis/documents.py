@@ -148,7 +148,7 @@ def _notes(people: pd.DataFrame, found: pd.DataFrame, arms: list[str]) -> list[s
 def document_sections(
     people: pd.DataFrame,
     versions: pd.DataFrame,
-    reply_rows: pd.DataFrame,
+    messages: pd.DataFrame,
     arms: list[str],
     seed: int,
     n_boot: int,
@@ -156,7 +156,7 @@ def document_sections(
 ) -> dict[str, Any]:
     """The report's "How the document was made" entries: per measure, per-arm mean with a
     percentile bootstrap CI (stats.describe), plus notes on what is missing."""
-    found = measures(people, versions, reply_rows)
+    found = measures(people, versions, replies(messages))
     return {
         "min_match_chars": MIN_MATCH_CHARS,
         "n_with_versions": {a: int((found["arm"] == a).sum()) for a in arms},

@@ -153,6 +153,12 @@ def _read_table(directory: Path, name: str, guarded: bool) -> pd.DataFrame:
     return _cast(frame, table, source)
 
 
+def has_table(path: str | Path, name: str) -> bool:
+    """Whether the export directory holds this table (as Parquet or CSV)."""
+    directory = Path(path)
+    return (directory / f"{name}.parquet").exists() or (directory / f"{name}.csv").exists()
+
+
 def load_export(path: str | Path, *, tables: Iterable[str] | None = None) -> Export:
     """Read an export directory; only `tables` (default: all) are read, the rest are empty."""
     directory = Path(path)

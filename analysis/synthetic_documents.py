@@ -61,7 +61,8 @@ def _typed(rng: np.random.Generator, length: int) -> str:
 
 def _final_text(rng: np.random.Generator, replies: list[str], share: float, length: int) -> str:
     """Typed pieces and reply passages summing to about `length`, about `share` from replies."""
-    wanted, pieces = round(share * length), []
+    wanted = round(share * length)
+    pieces: list[str] = []
     for index in rng.permutation(len(replies)):
         left = wanted - sum(len(p) for p in pieces)
         if left < MIN_MATCH_CHARS:

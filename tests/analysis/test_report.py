@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {
     "schema_version", "generated_at", "export", "settings", "arms", "outcomes", "sample",
     "exclusions", "descriptives", "omnibus", "pairwise", "relative_change", "shares",
-    "trajectories", "by_task_type", "power", "figures", "warnings",
+    "trajectories", "by_task_type", "power", "figures", "warnings", "documents",
 }  # fmt: skip
 OUTCOMES = [
     "overall_interaction", "document_quality", "wall_seconds", "active_seconds", "n_user_turns",
@@ -309,3 +309,22 @@ def test_pairwise_effects_read_arm_versus_reference_with_the_relative_change(rep
         assert 0 < pair["g_ci_low"] < pair["hedges_g"] < pair["g_ci_high"]
         assert 0 < pair["cliffs_delta"] and 0 < change["ci_low"] < change["change"]
         assert pair["welch_t"] > 0
+
+
+def test_declines_are_counted_on_their_own_line_and_never_in_an_arm(tmp_path):
+    rows = [0, 1, 2]
+    export = small_export(
+        tmp_path, status=(rows, "declined"), outcome=(rows, "declined"), arm=(rows, None),
+        excluded=(rows, False),
+    )  # fmt: skip
+    complete = build_report(small_export(tmp_path / "all"), tmp_path / "a", n_boot=50)
+    summary = build_report(export, tmp_path / "b", n_boot=50)
+    sample = summary["sample"]
+    assert sample["n_declined"] == 3 and complete["sample"]["n_declined"] == 0
+    assert sample["n_not_completed"] == 0 and sample["not_completed_by_arm"] == {}
+    assert sample["n_analysed"] == complete["sample"]["n_analysed"] - 3
+    assert set(sample["by_arm"]) == {"base", "proactive", "collabllm"}
+    described = sum(r["n"] for r in summary["descriptives"]["overall_interaction"])
+    assert described == sample["n_analysed"]
+    html = (tmp_path / "b" / "report.html").read_text()
+    assert "3 declined consent (never assigned an arm" in html
