@@ -67,7 +67,10 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
         ),
         code(
             "pairs = {\n"
-            "    o: stats.pairwise(people, o, order=arms, reference=prep.reference_arm, **BOOT)\n"
+            "    o: stats.pairwise(\n"
+            "        people, o, order=stats.reference_first(arms, prep.reference_arm),\n"
+            "        reference=prep.reference_arm, **BOOT,\n"
+            "    )\n"
             "    for o in prep.outcomes\n"
             "}\n"
             "pairs['overall_interaction']"

@@ -70,7 +70,12 @@ def outcome_sections(
 ) -> dict[str, Any]:
     """Every section's entry for one outcome (shares only where asked for)."""
     pairs = stats.pairwise(
-        people, outcome, order=arms, reference=reference, seed=seed, n_boot=n_boot
+        people,
+        outcome,
+        order=stats.reference_first(arms, reference),
+        reference=reference,
+        seed=seed,
+        n_boot=n_boot,
     )
     result = {
         "descriptives": stats.describe(people, outcome, seed=seed, n_boot=n_boot, level=LEVEL),

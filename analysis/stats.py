@@ -374,6 +374,11 @@ PAIRWISE_COLUMNS = [
 ]  # fmt: skip
 
 
+def reference_first(arms: Sequence[str], reference: str) -> list[str]:
+    """The arms with the reference first, so that pairwise lists its comparisons first."""
+    return [reference, *(a for a in arms if a != reference)] if reference in arms else list(arms)
+
+
 def _oriented(names: list[str], reference: str | None) -> list[tuple[str, str]]:
     pairs = []
     for a, b in itertools.combinations(names, 2):

@@ -107,7 +107,13 @@ def test_the_numbers_are_those_of_the_stats_functions(report, analysed):
     for outcome in ("overall_interaction", "wall_seconds", "rating_turn_6"):
         expected = stats.describe(people, outcome, **boot)
         same(summary["descriptives"][outcome], expected)
-        pairs = stats.pairwise(people, outcome, order=analysed.arms, reference="base", **boot)
+        pairs = stats.pairwise(
+            people,
+            outcome,
+            order=stats.reference_first(analysed.arms, "base"),
+            reference="base",
+            **boot,
+        )
         same(summary["pairwise"][outcome], pairs)
         change = stats.relative_change(people, outcome, reference="base", **boot)
         same(summary["relative_change"][outcome], change)
@@ -190,6 +196,8 @@ def test_only_completed_participations_are_analysed_and_dropouts_are_counted(tmp
 
 def test_the_reference_arm_can_be_chosen(tmp_path):
     summary = build_report(small_export(tmp_path), tmp_path / "out", reference_arm="proactive")
+    pairs = [(r["arm_a"], r["arm_b"]) for r in summary["pairwise"]["overall_interaction"]]
+    assert pairs == [("base", "proactive"), ("collabllm", "proactive"), ("base", "collabllm")]
     assert {r["reference"] for r in summary["relative_change"]["overall_interaction"]} == {
         "proactive"
     }
@@ -328,3 +336,13 @@ def test_declines_are_counted_on_their_own_line_and_never_in_an_arm(tmp_path):
     assert described == sample["n_analysed"]
     html = (tmp_path / "b" / "report.html").read_text()
     assert "3 declined consent (never assigned an arm" in html
+
+
+def test_the_mixed_models_variance_components_and_icc_are_reported(report):
+    out, summary, _ = report
+    model = summary["trajectories"]["mixed_model"]
+    between, within = model["group_var"], model["residual_var"]
+    assert between > 0 and within > 0
+    assert model["icc"] == pytest.approx(between / (between + within))
+    html = (out / "report.html").read_text()
+    assert f"ICC = between / (between + residual) = {model['icc']:.3g}" in html

@@ -322,3 +322,14 @@ def test_pairwise_puts_the_reference_second_so_effects_read_arm_minus_reference(
         assert row.difference == pytest.approx(a.mean() - b.mean())
         assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx(tuple(interval))
         assert np.sign(row.hedges_g) == np.sign(row.difference) == np.sign(row.welch_t)
+
+
+def test_with_the_reference_first_its_comparisons_come_first(three_arms):
+    order = stats.reference_first(["base", "collabllm", "proactive"], "proactive")
+    assert order == ["proactive", "base", "collabllm"]
+    result = stats.pairwise(three_arms, "y", seed=1, order=order, reference="proactive")
+    assert list(zip(result.arm_a, result.arm_b, strict=True)) == [
+        ("base", "proactive"),
+        ("collabllm", "proactive"),
+        ("base", "collabllm"),
+    ]
