@@ -38,23 +38,29 @@ def replies(messages: pd.DataFrame) -> pd.DataFrame:
         messages["role"].eq("assistant").fillna(False)
         & messages["status"].eq("complete").fillna(False),
         ["participant_id", "message_id", "continuation_of", "content"],
-    ]
-    parent = dict(zip(rows["message_id"], rows["continuation_of"], strict=True))
-
-    def root(message_id: int) -> int:
-        seen = {message_id}
-        while pd.notna(parent.get(message_id)) and parent[message_id] in parent:
-            message_id = int(parent[message_id])
-            if message_id in seen:  # a cycle cannot come from the platform; stop rather than loop
-                break
-            seen.add(message_id)
-        return message_id
-
-    joined = rows.assign(
-        root=[root(int(m)) for m in rows["message_id"]], content=rows["content"].fillna("")
-    ).sort_values("message_id")
-    grouped = joined.groupby(["participant_id", "root"], sort=True)["content"].agg("".join)
-    return grouped.rename("text").reset_index().rename(columns={"root": "message_id"})
+    ].sort_values("message_id")
+    ids = rows["message_id"].astype("int64").tolist()
+    parents = rows["continuation_of"].astype("Float64").fillna(-1).astype("int64").tolist()
+    parent = dict(zip(ids, parents, strict=True))
+    # Plain lists: pandas' string groupby-join runs row by row in Python anyway, slower.
+    texts: dict[tuple[str, int], list[str]] = {}
+    contents = rows["content"].fillna("").tolist()
+    for pid, message_id, content in zip(
+        rows["participant_id"].tolist(), ids, contents, strict=True
+    ):
+        root, seen = message_id, {message_id}
+        while parent[root] in parent and parent[root] not in seen:  # no cycles from the platform
+            root = parent[root]
+            seen.add(root)
+        texts.setdefault((pid, root), []).append(content)
+    keys = sorted(texts)
+    return pd.DataFrame(
+        {
+            "participant_id": pd.Series([k[0] for k in keys], dtype="str"),
+            "message_id": pd.Series([k[1] for k in keys], dtype="int64"),
+            "text": pd.Series(["".join(texts[k]) for k in keys], dtype="str"),
+        }
+    )
 
 
 def _codes(text: str) -> np.ndarray:
@@ -66,10 +72,23 @@ def _window_hashes(codes: np.ndarray, k: int) -> np.ndarray:
     n = codes.size
     if n < k:
         return np.empty(0, dtype=np.uint64)
-    powers = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, _P, dtype=np.uint64))))
-    inverse = np.concatenate(([np.uint64(1)], np.cumprod(np.full(n - 1, _P_INV, dtype=np.uint64))))
-    prefix = np.concatenate(([np.uint64(0)], np.cumsum(codes * powers, dtype=np.uint64)))
+    powers, inverse = _powers(n)
+    prefix = np.concatenate(([np.uint64(0)], np.cumsum(codes * powers[:n], dtype=np.uint64)))
     return (prefix[k:] - prefix[:-k]) * inverse[: n - k + 1]
+
+
+_POWERS = [np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64)]
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P**i, P**-i) mod 2**64 for i < at least n, grown by doubling and kept for the next call."""
+    if _POWERS[0].size < n:
+        size = max(n, 2 * _POWERS[0].size)
+        for j, base in enumerate((_P, _P_INV)):
+            _POWERS[j] = np.concatenate(
+                ([np.uint64(1)], np.cumprod(np.full(size - 1, base, dtype=np.uint64)))
+            )
+    return _POWERS[0], _POWERS[1]
 
 
 def _reply_hashes(reply_texts: Sequence[str], k: int) -> np.ndarray:
@@ -108,7 +127,11 @@ def measures(
     last = groups.tail(1).set_index("participant_id")
     edits = own.loc[own["source"].ne("final").fillna(True)].groupby("participant_id")
     n_versions = groups.size()
-    texts = reply_rows.groupby("participant_id")["text"].agg(list).to_dict()
+    texts: dict[str, list[str]] = {}
+    for pid, text in zip(
+        reply_rows["participant_id"].tolist(), reply_rows["text"].tolist(), strict=True
+    ):
+        texts.setdefault(pid, []).append(text)
     finals = last["text"].fillna("").astype(str)
     share = [assistant_share(finals[p], texts.get(p, [])) for p in last.index]
     per_turn = n_versions / turns.reindex(last.index).where(lambda t: t > 0)

@@ -146,10 +146,17 @@ def _sections(
     prep: Prepared, seed: int, n_boot: int, workers: int, progress: Progress
 ) -> tuple[dict[str, Any], list[str]]:
     ref = prep.reference_arm
-    # The trajectories' mixed model is the longest task: first, so it overlaps the outcomes.
+    # The longest tasks first (the trajectories' mixed model, then the documents' text overlap),
+    # so that they overlap the outcomes.
     tasks: list[sections.Task] = [
-        ("trajectories", sections.trajectory_sections, (prep.turn_ratings, ref, seed, n_boot))
-    ]
+        ("trajectories", sections.trajectory_sections, (prep.turn_ratings, ref, seed, n_boot)),
+        (
+            "documents",
+            documents.document_sections,
+            (prep.participants, prep.document_versions, prep.replies, prep.arms, seed, n_boot,
+             LEVEL),
+        ),
+    ]  # fmt: skip
     tasks += [
         (
             outcome,
@@ -159,14 +166,6 @@ def _sections(
         )
         for outcome in prep.outcomes
     ]  # fmt: skip
-    tasks.append(
-        (
-            "documents",
-            documents.document_sections,
-            (prep.participants, prep.document_versions, prep.replies, prep.arms, seed, n_boot,
-             LEVEL),
-        )
-    )  # fmt: skip
     results, caught = sections.run_tasks(
         tasks, workers, lambda name, n: progress(name, 0.1 + 0.75 * n / len(tasks))
     )
