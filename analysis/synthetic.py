@@ -6,7 +6,10 @@ participant intercept + noise). The latent arm levels are solved so that the *ex
 score* hits the requested means exactly, so `Truth` holds estimands of the generated data itself:
 E[overall_interaction] of an arm is reference * (1 + satisfaction_change), E[wall_seconds] is
 28 min * (1 + time_change) (lognormal), and rating_means / rating_slope are the exact expected
-ratings per checkpoint and their least-squares slope per turn.
+ratings per checkpoint and their least-squares slope per turn. With `messages`, the study also has
+assistant replies, document versions and final documents built from them
+(analysis.synthetic_documents), and `Truth.documents` holds each document measure's expected value
+per arm.
 """
 
 import dataclasses
