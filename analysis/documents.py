@@ -119,7 +119,8 @@ def measures(
     participants: pd.DataFrame, versions: pd.DataFrame, reply_rows: pd.DataFrame
 ) -> pd.DataFrame:
     """One row per participant of `participants` that has document versions."""
-    turns = participants.set_index("participant_id")["n_complete_turns"].astype("Float64")
+    people = participants.set_index("participant_id")
+    turns = people["n_complete_turns"].astype("Float64")
     own = versions.loc[versions["participant_id"].isin(turns.index)].sort_values(
         ["participant_id", "version"]
     )
@@ -137,7 +138,7 @@ def measures(
     per_turn = n_versions / turns.reindex(last.index).where(lambda t: t > 0)
     result = pd.DataFrame({
         "participant_id": last.index,
-        "arm": last["arm"].astype(str).to_numpy(),
+        "arm": people["arm"].reindex(last.index).astype(str).to_numpy(),
         "n_versions": n_versions.reindex(last.index).to_numpy(),
         "n_edits": edits.size().reindex(last.index, fill_value=0).to_numpy(),
         "versions_per_turn": per_turn.to_numpy(dtype=float, na_value=np.nan),
