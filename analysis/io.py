@@ -53,6 +53,7 @@ class Export:
     final_surveys: pd.DataFrame
     events: pd.DataFrame
     intent_answers: pd.DataFrame
+    document_versions: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,6 +151,12 @@ def _read_table(directory: Path, name: str, guarded: bool) -> pd.DataFrame:
     if name == "participants" and "is_pilot" not in frame.columns:
         frame["is_pilot"] = False
     return _cast(frame, table, source)
+
+
+def has_table(path: str | Path, name: str) -> bool:
+    """Whether the export directory holds this table (as Parquet or CSV)."""
+    directory = Path(path)
+    return (directory / f"{name}.parquet").exists() or (directory / f"{name}.csv").exists()
 
 
 def load_export(path: str | Path, *, tables: Iterable[str] | None = None) -> Export:

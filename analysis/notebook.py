@@ -4,6 +4,8 @@ the same calls with the same seed so its numbers equal summary.json's."""
 import nbformat
 from nbformat import v4
 
+from analysis import documents
+
 
 def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, n_boot: int):
     md, code = v4.new_markdown_cell, v4.new_code_cell
@@ -17,8 +19,8 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
         code(
             "from pathlib import Path\n\n"
             "import pandas as pd\n\n"
-            "from analysis import power, stats, trajectories\n"
-            "from analysis.io import load_export\n"
+            "from analysis import documents, power, stats, trajectories\n"
+            "from analysis.io import has_table, load_export\n"
             "from analysis.report import prepare\n"
             "from analysis.sections import ALPHA, LEVEL, SHARE_THRESHOLDS, TARGET_POWER\n\n"
             f"EXPORT_DIR = Path({export_dir!r})\n"
@@ -30,12 +32,16 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
         ),
         md(
             "## Load the export and apply exclusions\n\n"
-            "Only participants and turn ratings are needed (`tables=` leaves messages and events "
-            "on disk). Pilot rows are dropped unless `INCLUDE_PILOT`; exclusions come only from "
-            "the recorded `excluded` flag."
+            "Participants and turn ratings, and messages and document versions where the export "
+            "has document versions (exports made before the document pane have none); `tables=` "
+            "leaves the rest on disk. Pilot rows are dropped unless `INCLUDE_PILOT`; exclusions "
+            "come only from the recorded `excluded` flag."
         ),
         code(
-            "export = load_export(EXPORT_DIR, tables=['participants', 'turn_ratings'])\n"
+            "tables = ['participants', 'turn_ratings']\n"
+            "if has_table(EXPORT_DIR, 'document_versions'):\n"
+            "    tables += ['messages', 'document_versions']\n"
+            "export = load_export(EXPORT_DIR, tables=tables)\n"
             "prep = prepare(export, reference_arm=REFERENCE_ARM, include_pilot=INCLUDE_PILOT)\n"
             "people, ratings, arms = prep.participants, prep.turn_ratings, prep.arms\n"
             "print(f'{prep.n_loaded} loaded, {prep.n_pilot_dropped} pilots dropped, '\n"
@@ -55,11 +61,18 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
         ),
         md(
             "## Pairwise tests and effect sizes\n\n"
-            "Welch's t and Mann-Whitney U with Holm's correction within each outcome, Hedges' g "
-            "and Cliff's delta with CIs."
+            "Welch's t and Mann-Whitney U with Holm's correction within each outcome; the "
+            "difference of means (Welch CI), Hedges' g and Cliff's delta with CIs, all read as "
+            "arm a versus arm b, where b is the reference arm in every pair that has it."
         ),
         code(
-            "pairs = {o: stats.pairwise(people, o, order=arms, **BOOT) for o in prep.outcomes}\n"
+            "pairs = {\n"
+            "    o: stats.pairwise(\n"
+            "        people, o, order=stats.reference_first(arms, prep.reference_arm),\n"
+            "        reference=prep.reference_arm, **BOOT,\n"
+            "    )\n"
+            "    for o in prep.outcomes\n"
+            "}\n"
             "pairs['overall_interaction']"
         ),
         md("## Relative change against the reference arm\n\nWith a bootstrap CI."),
@@ -89,7 +102,27 @@ def _cells(export_dir: str, reference_arm: str, seed: int, include_pilot: bool, 
             "means = trajectories.trajectory_means(ratings, level=LEVEL, **BOOT)\n"
             "model = trajectories.mixed_model(ratings, reference_arm=prep.reference_arm)\n"
             "print(model.formula, '| converged:', model.converged)\n"
+            "print('random-intercept variance', model.group_var, '| residual variance',\n"
+            "      model.residual_var, '| ICC', model.icc)\n"
             "model.coefficients"
+        ),
+        md(
+            "## How the document was made\n\n"
+            "Per participant: edits (versions before the submitted one), versions per completed "
+            "turn, the share of the final document found verbatim in the participant's own "
+            f"assistant replies (runs of at least {documents.MIN_MATCH_CHARS} characters; a "
+            "continued reply is its parts joined), seconds to the first edit and the final "
+            "length; per arm, the mean with a percentile bootstrap CI."
+        ),
+        code(
+            "per_participant = documents.measures(\n"
+            "    people, prep.document_versions, documents.replies(prep.replies)\n"
+            ")\n"
+            "doc = documents.document_sections(\n"
+            "    people, prep.document_versions, prep.replies, arms, SEED, N_BOOT, LEVEL\n"
+            ")\n"
+            "print(*doc['notes'], sep='\\n')\n"
+            "pd.concat(doc['per_arm'], names=['measure']).droplevel(1)"
         ),
         md("## Per document type"),
         code(

@@ -20,9 +20,9 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from analysis import figures, power, sections, stats
+from analysis import documents, figures, power, sections, stats
 from analysis.html import render_html
-from analysis.io import Export, checkpoints, load_export
+from analysis.io import Export, checkpoints, has_table, load_export
 from analysis.notebook import build_notebook
 from analysis.schema import SCHEMA_VERSION, rating_column
 from analysis.sections import ALPHA, LEVEL, TARGET_POWER
@@ -38,6 +38,8 @@ BASE_OUTCOMES = (
 )
 BENCHMARK_EFFECT = 0.5  # Cohen's "medium" d, the usual planning value
 REPORT_TABLES = ("participants", "turn_ratings")
+# Read only when the export has document_versions (exports before the document pane have not).
+DOCUMENT_TABLES = ("messages", "document_versions")
 
 Progress = Callable[[str, float], None]
 
@@ -48,10 +50,13 @@ class Prepared:
 
     participants: pd.DataFrame
     turn_ratings: pd.DataFrame
+    document_versions: pd.DataFrame
+    replies: pd.DataFrame  # complete assistant messages of the analysed participants
     exclusions: pd.DataFrame
     n_loaded: int
     n_pilot_dropped: int
     not_completed: dict[str, dict[str, int]]  # arm -> status -> n (not analysed)
+    n_declined: int  # refused consent: never assigned an arm, in no arm's count
     arms: list[str]
     reference_arm: str
     outcomes: list[str]
@@ -81,7 +86,8 @@ def prepare(
     # Outcomes are measured on completed participations only (dropouts have no final survey and a
     # truncated time); who did not complete is counted per arm and status instead.
     completed = people["status"].astype("string").eq("completed").fillna(False).astype(bool)
-    dropped = people.loc[~completed]
+    declined = people["status"].astype("string").eq("declined").fillna(False).astype(bool)
+    dropped = people.loc[~completed & ~declined]
     not_completed: dict[str, dict[str, int]] = {}
     for (arm, status), n in dropped.groupby(["arm", "status"], dropna=False).size().items():
         not_completed.setdefault(str(arm), {})[str(status)] = int(n)
@@ -94,14 +100,22 @@ def prepare(
     ratings = ratings.loc[ratings["participant_id"].isin(ids)].assign(
         arm=lambda r: r["arm"].astype("str")
     )
+    messages = export.messages
+    replies = messages.loc[
+        messages["participant_id"].isin(ids) & messages["role"].eq("assistant").fillna(False)
+    ]
+    versions = export.document_versions
     points = checkpoints(kept)
     return Prepared(
         participants=kept,
         turn_ratings=ratings,
+        document_versions=versions.loc[versions["participant_id"].isin(ids)],
+        replies=replies,
         exclusions=exclusions,
         n_loaded=len(export.participants),
         n_pilot_dropped=0 if include_pilot else int(pilot.sum()),
         not_completed=not_completed,
+        n_declined=int(declined.sum()),
         arms=arms,
         reference_arm=choose_reference_arm(arms, reference_arm),
         outcomes=[o for o in BASE_OUTCOMES if o in kept] + [rating_column(k) for k in points],
@@ -132,10 +146,17 @@ def _sections(
     prep: Prepared, seed: int, n_boot: int, workers: int, progress: Progress
 ) -> tuple[dict[str, Any], list[str]]:
     ref = prep.reference_arm
-    # The trajectories' mixed model is the longest task: first, so it overlaps the outcomes.
+    # The longest tasks first (the trajectories' mixed model, then the documents' text overlap),
+    # so that they overlap the outcomes.
     tasks: list[sections.Task] = [
-        ("trajectories", sections.trajectory_sections, (prep.turn_ratings, ref, seed, n_boot))
-    ]
+        ("trajectories", sections.trajectory_sections, (prep.turn_ratings, ref, seed, n_boot)),
+        (
+            "documents",
+            documents.document_sections,
+            (prep.participants, prep.document_versions, prep.replies, prep.arms, seed, n_boot,
+             LEVEL),
+        ),
+    ]  # fmt: skip
     tasks += [
         (
             outcome,
@@ -148,7 +169,10 @@ def _sections(
     results, caught = sections.run_tasks(
         tasks, workers, lambda name, n: progress(name, 0.1 + 0.75 * n / len(tasks))
     )
-    out: dict[str, Any] = {"trajectories": results["trajectories"]}
+    out: dict[str, Any] = {
+        "trajectories": results["trajectories"],
+        "documents": results["documents"],
+    }
     for section in ("descriptives", "omnibus", "pairwise", "relative_change", "by_task_type"):
         out[section] = {o: results[o][section] for o in prep.outcomes}
     out["shares"] = {o: results[o]["shares"] for o in prep.share_outcomes if o in results}
@@ -172,6 +196,7 @@ def _sample(prep: Prepared) -> dict[str, Any]:
     return {
         "n_loaded": prep.n_loaded,
         "n_pilot_dropped": prep.n_pilot_dropped,
+        "n_declined": prep.n_declined,
         "n_not_completed": sum(sum(v.values()) for v in prep.not_completed.values()),
         "not_completed_by_arm": prep.not_completed,
         "n_excluded": int(prep.exclusions.loc[prep.exclusions["reason"] == "total", "n"].sum()),
@@ -254,7 +279,10 @@ def build_report(
     in this process, inside a daemonic process such as a Celery worker).
     """
     report = progress or (lambda step, fraction: None)
-    export = load_export(export_dir, tables=REPORT_TABLES)
+    with_documents = has_table(export_dir, "document_versions")
+    export = load_export(
+        export_dir, tables=REPORT_TABLES + (DOCUMENT_TABLES if with_documents else ())
+    )
     report("loaded", 0.05)
     prep, raw = summarise(
         export,

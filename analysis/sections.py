@@ -69,7 +69,14 @@ def outcome_sections(
     n_boot: int,
 ) -> dict[str, Any]:
     """Every section's entry for one outcome (shares only where asked for)."""
-    pairs = stats.pairwise(people, outcome, order=arms, seed=seed, n_boot=n_boot)
+    pairs = stats.pairwise(
+        people,
+        outcome,
+        order=stats.reference_first(arms, reference),
+        reference=reference,
+        seed=seed,
+        n_boot=n_boot,
+    )
     result = {
         "descriptives": stats.describe(people, outcome, seed=seed, n_boot=n_boot, level=LEVEL),
         "omnibus": asdict(stats.omnibus(people, outcome)),

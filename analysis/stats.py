@@ -321,10 +321,24 @@ def cliffs_delta(
     return (delta, *percentile_interval(distribution, level))
 
 
+def welch_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, ...]:
+    """mean(a) - mean(b) with the Welch t interval: (difference, ci_low, ci_high)."""
+    difference = float(a.mean() - b.mean()) if a.size and b.size else np.nan
+    if a.size < 2 or b.size < 2:
+        return (difference, np.nan, np.nan)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    if va + vb == 0:
+        return (difference, difference, difference)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    half = float(sps.t.ppf(0.5 + level / 2, df) * np.sqrt(va + vb))
+    return (difference, difference - half, difference + half)
+
+
 def _pair_row(
     name_a: str, a: np.ndarray, name_b: str, b: np.ndarray, seed: int, n_boot: int
 ) -> dict[str, Any]:
     t, df, p = welch(a, b)
+    difference = welch_difference(a, b)
     u, u_p = _quiet(sps.mannwhitneyu, a, b, alternative="two-sided")
     g = hedges_g(a, b)
     delta = cliffs_delta(a, b, seed=sub_seed(seed, name_a, name_b), n_boot=n_boot)
@@ -335,6 +349,9 @@ def _pair_row(
         "n_b": b.size,
         "mean_a": float(a.mean()),
         "mean_b": float(b.mean()),
+        "difference": difference[0],
+        "diff_ci_low": difference[1],
+        "diff_ci_high": difference[2],
         "welch_t": t,
         "welch_df": df,
         "welch_p": p,
@@ -350,10 +367,23 @@ def _pair_row(
 
 
 PAIRWISE_COLUMNS = [
-    "arm_a", "arm_b", "n_a", "n_b", "mean_a", "mean_b", "welch_t", "welch_df", "welch_p",
+    "arm_a", "arm_b", "n_a", "n_b", "mean_a", "mean_b", "difference", "diff_ci_low",
+    "diff_ci_high", "welch_t", "welch_df", "welch_p",
     "welch_p_holm", "mwu_u", "mwu_p", "mwu_p_holm", "hedges_g", "g_ci_low", "g_ci_high",
     "cliffs_delta", "delta_ci_low", "delta_ci_high",
 ]  # fmt: skip
+
+
+def reference_first(arms: Sequence[str], reference: str) -> list[str]:
+    """The arms with the reference first, so that pairwise lists its comparisons first."""
+    return [reference, *(a for a in arms if a != reference)] if reference in arms else list(arms)
+
+
+def _oriented(names: list[str], reference: str | None) -> list[tuple[str, str]]:
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        pairs.append((b, a) if a == reference else (a, b))
+    return pairs
 
 
 def pairwise(
@@ -364,18 +394,25 @@ def pairwise(
     seed: int,
     n_boot: int = 2000,
     order: Sequence[str] | None = None,
+    reference: str | None = None,
 ) -> pd.DataFrame:
-    """Welch t, Mann-Whitney U (Holm-adjusted within this outcome), Hedges' g and Cliff's delta
-    for every pair of groups (in `order`, default sorted; a is the earlier group)."""
+    """Welch t, Mann-Whitney U (Holm-adjusted within this outcome), the difference of means with
+    a Welch CI, Hedges' g and Cliff's delta for every pair of groups (in `order`, default sorted).
+
+    Every effect reads a versus b: a pair with the `reference` has the reference as b (arm minus
+    reference, like relative_change); in other pairs a is the earlier group of `order`.
+    """
     groups = _groups(df, outcome, by)
     names = [str(o) for o in order if str(o) in groups] if order is not None else list(groups)
     rows = [
         _pair_row(a, groups[a], b, groups[b], sub_seed(seed, outcome), n_boot)
-        for a, b in itertools.combinations(names, 2)
+        for a, b in _oriented(names, reference)
     ]
     result = pd.DataFrame(rows, columns=[c for c in PAIRWISE_COLUMNS if not c.endswith("_holm")])
-    result.insert(9, "welch_p_holm", holm(result["welch_p"].tolist()))
-    result.insert(12, "mwu_p_holm", holm(result["mwu_p"].tolist()))
+    for raw in ("welch_p", "mwu_p"):
+        result.insert(
+            PAIRWISE_COLUMNS.index(f"{raw}_holm"), f"{raw}_holm", holm(result[raw].tolist())
+        )
     return result
 
 

@@ -6,12 +6,16 @@ participant intercept + noise). The latent arm levels are solved so that the *ex
 score* hits the requested means exactly, so `Truth` holds estimands of the generated data itself:
 E[overall_interaction] of an arm is reference * (1 + satisfaction_change), E[wall_seconds] is
 28 min * (1 + time_change) (lognormal), and rating_means / rating_slope are the exact expected
-ratings per checkpoint and their least-squares slope per turn.
+ratings per checkpoint and their least-squares slope per turn. With `messages`, the study also has
+assistant replies, document versions and final documents built from them
+(analysis.synthetic_documents), and `Truth.documents` holds each document measure's expected value
+per arm.
 """
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -19,7 +23,9 @@ import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 
+from analysis import synthetic_documents
 from analysis.schema import (
+    DOCUMENT_VERSIONS,
     EVENTS,
     FINAL_SURVEYS,
     INTENT_ANSWERS,
@@ -58,6 +64,8 @@ class Truth:
     rating_slope: dict[str, float]
     overall_latent: dict[str, float]
     overall_latent_sd: float
+    # With messages: per measure of analysis.documents.MEASURES, its expected value per arm.
+    documents: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def overall_share_at_least(self, arm: str, threshold: float) -> float:
         """P(overall_interaction >= threshold) in an arm (the estimand of share_at_least)."""
@@ -281,7 +289,7 @@ def _turn_ratings_table(participants: pd.DataFrame, checkpoints: Sequence[int]) 
 
 def _messages_table(
     rng: np.random.Generator, code: np.ndarray, participants: pd.DataFrame, truth: Truth,
-    rows: dict[str, np.ndarray],
+    rows: dict[str, np.ndarray], text_rng: np.random.Generator,
 ) -> pd.DataFrame:  # fmt: skip
     owner, position, is_user, tokens = (
         rows["owner"],
@@ -306,6 +314,8 @@ def _messages_table(
     content = np.where(
         is_user, user_text[rng.integers(0, 20, n)], reply_text[rng.integers(0, 20, n)]
     )
+    # Replies long and varied enough to build documents from (analysis.synthetic_documents).
+    content[assistant] = synthetic_documents.reply_texts(text_rng, int(assistant.sum()))
 
     def reply_only(values: np.ndarray) -> np.ndarray:
         return np.where(assistant, values, np.array(None, dtype=object))
@@ -359,12 +369,14 @@ def _events_table(participants: pd.DataFrame) -> pd.DataFrame:
     return _typed(columns, EVENTS)
 
 
-def _survey_tables(participants: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _survey_tables(
+    participants: pd.DataFrame, finals: Mapping[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     n = len(participants)
     surveys = {
         "participant_id": participants["participant_id"].to_numpy(),
         "arm": participants["arm"].to_numpy(),
-        "document_text": np.char.add("A final ", participants["task_type"].to_numpy(str)),
+        "document_text": [finals[p] for p in participants["participant_id"]],
         "document_quality": participants["document_quality"].to_numpy(dtype=np.int64),
         "overall_interaction": participants["overall_interaction"].to_numpy(dtype=np.int64),
         "strengths": "Asked useful questions.",
@@ -424,7 +436,15 @@ def synthetic_study(
         "turn_ratings": _turn_ratings_table(participants, sorted(checkpoints)),
     }
     if messages:
-        tables["messages"] = _messages_table(rng, code, participants, truth, rows)
+        # A stream of its own, so the documents leave every other table as it was without them.
+        text_rng = np.random.default_rng((seed, 1))
+        tables["messages"] = _messages_table(rng, code, participants, truth, rows, text_rng)
         tables["events"] = _events_table(participants)
-        tables["final_surveys"], tables["intent_answers"] = _survey_tables(participants)
+        values = synthetic_documents.truth(truth.arms, turns)
+        versions, finals = synthetic_documents.version_columns(
+            text_rng, participants, tables["messages"], values
+        )
+        tables["document_versions"] = _typed(versions, DOCUMENT_VERSIONS)
+        tables["final_surveys"], tables["intent_answers"] = _survey_tables(participants, finals)
+        truth = dataclasses.replace(truth, documents=values)
     return SyntheticStudy(tables, truth)

@@ -38,7 +38,11 @@ class MixedModel:
     n_groups: int
     converged: bool
     reference_arm: str
-    group_var: float = np.nan
+    group_var: float = np.nan  # random-intercept (between-participant) variance
+    residual_var: float = np.nan  # within-participant residual variance (statsmodels' scale)
+    # group_var / (group_var + residual_var): the share of rating variance, net of the fixed
+    # effects, that lies between participants (the correlation of two ratings of one person).
+    icc: float = np.nan
     slopes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SLOPE_COLUMNS))
     warnings: list[str] = field(default_factory=list)
 
@@ -65,6 +69,11 @@ def _slopes(result: Any, arms: list[str], reference: str, z: float) -> pd.DataFr
         se = float(np.sqrt(weights @ cov @ weights))
         rows.append([arm, slope, se, slope - z * se, slope + z * se])
     return pd.DataFrame(rows, columns=SLOPE_COLUMNS)
+
+
+def _icc(between: float, within: float) -> float:
+    total = between + within
+    return between / total if np.isfinite(total) and total > 0 else np.nan
 
 
 def mixed_model(
@@ -108,6 +117,7 @@ def mixed_model(
             })  # fmt: skip
             slopes = _slopes(result, arms, reference, z)
             group_var = float(np.asarray(result.cov_re)[0, 0])
+            residual_var = float(result.scale)
         except (ValueError, np.linalg.LinAlgError, IndexError, KeyError) as exc:
             empty.warnings = [f"{type(exc).__name__}: {exc}"]  # kept for the report
             return empty
@@ -117,5 +127,5 @@ def mixed_model(
     converged = bool(result.converged) and not any("positive definite" in m for m in messages)
     return MixedModel(
         formula, coefficients, int(result.nobs), len(result.model.group_labels), converged,
-        reference, group_var, slopes, messages,
+        reference, group_var, residual_var, _icc(group_var, residual_var), slopes, messages,
     )  # fmt: skip

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = {
     "schema_version", "generated_at", "export", "settings", "arms", "outcomes", "sample",
     "exclusions", "descriptives", "omnibus", "pairwise", "relative_change", "shares",
-    "trajectories", "by_task_type", "power", "figures", "warnings",
+    "trajectories", "by_task_type", "power", "figures", "warnings", "documents",
 }  # fmt: skip
 OUTCOMES = [
     "overall_interaction", "document_quality", "wall_seconds", "active_seconds", "n_user_turns",
@@ -107,7 +107,13 @@ def test_the_numbers_are_those_of_the_stats_functions(report, analysed):
     for outcome in ("overall_interaction", "wall_seconds", "rating_turn_6"):
         expected = stats.describe(people, outcome, **boot)
         same(summary["descriptives"][outcome], expected)
-        pairs = stats.pairwise(people, outcome, order=analysed.arms, **boot)
+        pairs = stats.pairwise(
+            people,
+            outcome,
+            order=stats.reference_first(analysed.arms, "base"),
+            reference="base",
+            **boot,
+        )
         same(summary["pairwise"][outcome], pairs)
         change = stats.relative_change(people, outcome, reference="base", **boot)
         same(summary["relative_change"][outcome], change)
@@ -190,6 +196,8 @@ def test_only_completed_participations_are_analysed_and_dropouts_are_counted(tmp
 
 def test_the_reference_arm_can_be_chosen(tmp_path):
     summary = build_report(small_export(tmp_path), tmp_path / "out", reference_arm="proactive")
+    pairs = [(r["arm_a"], r["arm_b"]) for r in summary["pairwise"]["overall_interaction"]]
+    assert pairs == [("base", "proactive"), ("collabllm", "proactive"), ("base", "collabllm")]
     assert {r["reference"] for r in summary["relative_change"]["overall_interaction"]} == {
         "proactive"
     }
@@ -290,3 +298,51 @@ def test_worker_processes_give_the_same_summary_as_one_process(tmp_path):
     for summary in (serial, parallel):
         summary.pop("generated_at")
     assert serial == parallel
+
+
+def test_pairwise_effects_read_arm_versus_reference_with_the_relative_change(report, study):
+    _, summary, _ = report
+    assert study.truth.satisfaction_change["collabllm"] > 0.1  # the arm is clearly better
+    for outcome in ("overall_interaction", "document_quality"):
+        (pair,) = [
+            r
+            for r in summary["pairwise"][outcome]
+            if {r["arm_a"], r["arm_b"]} == {"collabllm", "base"}
+        ]
+        (change,) = [r for r in summary["relative_change"][outcome] if r["arm"] == "collabllm"]
+        assert (pair["arm_a"], pair["arm_b"]) == ("collabllm", "base")
+        assert pair["difference"] == pytest.approx(pair["mean_a"] - pair["mean_b"])
+        assert pair["difference"] == pytest.approx(change["change"] * change["reference_mean"])
+        assert 0 < pair["diff_ci_low"] < pair["difference"] < pair["diff_ci_high"]
+        assert 0 < pair["g_ci_low"] < pair["hedges_g"] < pair["g_ci_high"]
+        assert 0 < pair["cliffs_delta"] and 0 < change["ci_low"] < change["change"]
+        assert pair["welch_t"] > 0
+
+
+def test_declines_are_counted_on_their_own_line_and_never_in_an_arm(tmp_path):
+    rows = [0, 1, 2]
+    export = small_export(
+        tmp_path, status=(rows, "declined"), outcome=(rows, "declined"), arm=(rows, None),
+        excluded=(rows, False),
+    )  # fmt: skip
+    complete = build_report(small_export(tmp_path / "all"), tmp_path / "a", n_boot=50)
+    summary = build_report(export, tmp_path / "b", n_boot=50)
+    sample = summary["sample"]
+    assert sample["n_declined"] == 3 and complete["sample"]["n_declined"] == 0
+    assert sample["n_not_completed"] == 0 and sample["not_completed_by_arm"] == {}
+    assert sample["n_analysed"] == complete["sample"]["n_analysed"] - 3
+    assert set(sample["by_arm"]) == {"base", "proactive", "collabllm"}
+    described = sum(r["n"] for r in summary["descriptives"]["overall_interaction"])
+    assert described == sample["n_analysed"]
+    html = (tmp_path / "b" / "report.html").read_text()
+    assert "3 declined consent (never assigned an arm" in html
+
+
+def test_the_mixed_models_variance_components_and_icc_are_reported(report):
+    out, summary, _ = report
+    model = summary["trajectories"]["mixed_model"]
+    between, within = model["group_var"], model["residual_var"]
+    assert between > 0 and within > 0
+    assert model["icc"] == pytest.approx(between / (between + within))
+    html = (out / "report.html").read_text()
+    assert f"ICC = between / (between + residual) = {model['icc']:.3g}" in html

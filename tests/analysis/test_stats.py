@@ -306,3 +306,30 @@ def test_apply_exclusions_reads_flags_written_as_text():
     data = participants_with_flags().assign(excluded=["True", "false", "1", "no", "", "0"])
     kept, _ = stats.apply_exclusions(data)
     assert kept.participant_id.tolist() == ["p2", "p4", "p5", "p6"]
+
+
+def test_pairwise_puts_the_reference_second_so_effects_read_arm_minus_reference(three_arms):
+    result = stats.pairwise(three_arms, "y", seed=1, reference="base")
+    assert list(zip(result.arm_a, result.arm_b, strict=True)) == [
+        ("collabllm", "base"),
+        ("proactive", "base"),
+        ("collabllm", "proactive"),
+    ]
+    for row in result.itertuples():
+        a = three_arms.loc[three_arms.arm == row.arm_a, "y"].to_numpy()
+        b = three_arms.loc[three_arms.arm == row.arm_b, "y"].to_numpy()
+        interval = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+        assert row.difference == pytest.approx(a.mean() - b.mean())
+        assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx(tuple(interval))
+        assert np.sign(row.hedges_g) == np.sign(row.difference) == np.sign(row.welch_t)
+
+
+def test_with_the_reference_first_its_comparisons_come_first(three_arms):
+    order = stats.reference_first(["base", "collabllm", "proactive"], "proactive")
+    assert order == ["proactive", "base", "collabllm"]
+    result = stats.pairwise(three_arms, "y", seed=1, order=order, reference="proactive")
+    assert list(zip(result.arm_a, result.arm_b, strict=True)) == [
+        ("base", "proactive"),
+        ("collabllm", "proactive"),
+        ("base", "collabllm"),
+    ]

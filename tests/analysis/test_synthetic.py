@@ -19,6 +19,7 @@ TABLE_NAMES = [
     "events",
     "final_surveys",
     "intent_answers",
+    "document_versions",
 ]
 
 
@@ -213,3 +214,35 @@ def test_mixed_model_slope_intervals_cover_the_true_slopes_at_about_the_nominal_
             for arm, slope in study.truth.rating_slope.items()
         ]
     assert 0.90 <= np.mean(hits) <= 0.99
+
+
+def test_document_versions_agree_with_the_messages_and_the_final_survey(study):
+    versions = study["document_versions"]
+    people = study["participants"].set_index("participant_id")
+    surveys = study["final_surveys"].set_index("participant_id")["document_text"]
+    messages = study["messages"].set_index("message_id")
+    assert set(versions["participant_id"]) == set(people.index)
+    for pid, rows in versions.groupby("participant_id"):
+        assert rows["version"].tolist() == list(range(1, len(rows) + 1))
+        assert rows["source"].iloc[-1] == "final" and (rows["source"].iloc[:-1] != "final").all()
+        assert rows["text"].iloc[-1] == surveys[pid]
+        assert rows["created_at"].iloc[-1] == people.loc[pid, "completed_at"]
+        assert (rows["chars"] == rows["text"].str.len()).all()
+        assert rows["turn_index"].is_monotonic_increasing
+        assert rows["turn_index"].iloc[-1] == people.loc[pid, "n_complete_turns"]
+        assert rows["seconds_from_chat_start"].is_monotonic_increasing
+        assert rows["arm"].eq(people.loc[pid, "arm"]).all()
+        for row in rows.loc[rows["source"] == "inserted"].itertuples():
+            reply = messages.loc[row.from_message_id]
+            assert (reply["participant_id"], reply["role"]) == (pid, "assistant")
+            assert reply["content"] in row.text
+            assert reply["turn_index"] <= row.turn_index
+        assert rows.loc[rows["source"] != "inserted", "from_message_id"].isna().all()
+    assert set(versions["source"]) == {"typed", "inserted", "pasted", "final"}
+
+
+def test_replies_are_lowercase_prose_and_nothing_is_a_continuation(study):
+    replies = study["messages"].loc[study["messages"]["role"] == "assistant"]
+    assert replies["continuation_of"].isna().all()
+    assert replies["content"].str.len().min() > 200
+    assert not replies["content"].str.contains(r"[A-Z\n]").any()

@@ -98,3 +98,36 @@ def test_no_ratings_give_an_empty_unconverged_model():
     empty = pd.DataFrame(columns=["participant_id", "arm", "after_turn", "score"])
     result = mixed_model(empty)
     assert (result.n_obs, result.converged, result.coefficients.empty) == (0, False, True)
+
+
+def test_the_variance_components_and_icc_match_statsmodels_fitted_directly(ratings):
+    result = mixed_model(ratings)
+    data = ratings.astype({"score": float, "after_turn": float, "arm": object})
+    direct = smf.mixedlm(
+        "score ~ C(arm, Treatment(reference='base')) * after_turn",
+        data,
+        groups=data["participant_id"],
+    ).fit(reml=True)
+    between, within = float(direct.cov_re.iloc[0, 0]), float(direct.scale)
+    assert (result.group_var, result.residual_var) == pytest.approx((between, within))
+    assert result.icc == pytest.approx(between / (between + within))
+
+
+def test_a_known_intraclass_correlation_is_recovered():
+    # score = arm level + slope * turn + u (participant, SD 1.2) + e (SD 0.9): ICC = 1.44 / 2.25.
+    rng = np.random.default_rng(4)
+    n, turns = 400, np.array([3.0, 6.0, 9.0, 12.0])
+    arm = rng.choice(["base", "collabllm"], n)
+    level = np.where(arm == "collabllm", 7.5, 7.0)[:, None] - 0.05 * turns[None, :]
+    scores = level + rng.normal(0, 1.2, (n, 1)) + rng.normal(0, 0.9, (n, turns.size))
+    ratings = pd.DataFrame({
+        "participant_id": np.repeat([f"p{i}" for i in range(n)], turns.size),
+        "arm": np.repeat(arm, turns.size),
+        "after_turn": np.tile(turns, n),
+        "score": scores.ravel(),
+    })  # fmt: skip
+    result = mixed_model(ratings)
+    assert result.converged
+    assert result.icc == pytest.approx(1.44 / 2.25, abs=0.05)
+    assert result.group_var == pytest.approx(1.44, rel=0.15)
+    assert result.residual_var == pytest.approx(0.81, rel=0.1)
