@@ -53,6 +53,7 @@ class Export:
     final_surveys: pd.DataFrame
     events: pd.DataFrame
     intent_answers: pd.DataFrame
+    document_versions: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
 
 

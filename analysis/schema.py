@@ -189,8 +189,52 @@ INTENT_ANSWERS = Table(
     ),
 )
 
+DOCUMENT_VERSIONS = Table(
+    "document_versions",
+    "One row per saved version of the participant's working document (the pane beside the chat, "
+    "then the final page), in order; the last one is the submitted document.",
+    (
+        PARTICIPANT_ID,
+        ARM,
+        _c("version", "int", "1-based version number within the participant."),
+        _c(
+            "source",
+            "string",
+            "What made this version: typed, inserted (from an assistant reply), pasted, or final "
+            "(the text submitted on the final page).",
+        ),
+        _c(
+            "from_message_id",
+            "int",
+            "For an inserted version: the message_id of the assistant reply inserted; else empty.",
+        ),
+        _c(
+            "turn_index",
+            "int",
+            "Completed turns (assistant replies) when the version was saved; 0 before the first.",
+        ),
+        _c("chars", "int", "Length of the text in characters."),
+        _c("text", "string", "The whole document as saved."),
+        _c(
+            "seconds_from_chat_start",
+            "float",
+            "Seconds from the start of the chat to this save (empty if the chat start is unknown).",
+        ),
+        _c("created_at", "datetime", "When the version was saved (UTC)."),
+    ),
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (PARTICIPANTS, MESSAGES, TURN_RATINGS, FINAL_SURVEYS, EVENTS, INTENT_ANSWERS)
+    t.name: t
+    for t in (
+        PARTICIPANTS,
+        MESSAGES,
+        TURN_RATINGS,
+        FINAL_SURVEYS,
+        EVENTS,
+        INTENT_ANSWERS,
+        DOCUMENT_VERSIONS,
+    )
 }
 
 

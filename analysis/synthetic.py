@@ -20,6 +20,7 @@ from scipy import optimize
 from scipy import stats as sps
 
 from analysis.schema import (
+    DOCUMENT_VERSIONS,
     EVENTS,
     FINAL_SURVEYS,
     INTENT_ANSWERS,
@@ -381,6 +382,25 @@ def _survey_tables(participants: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     return _typed(surveys, FINAL_SURVEYS), _typed(answers, INTENT_ANSWERS)
 
 
+def _document_versions_table(surveys: pd.DataFrame, participants: pd.DataFrame) -> pd.DataFrame:
+    """One version per participant: the submitted document (source final)."""
+    n = len(surveys)
+    texts = surveys["document_text"].to_numpy(str)
+    versions = {
+        "participant_id": surveys["participant_id"].to_numpy(),
+        "arm": surveys["arm"].to_numpy(),
+        "version": np.ones(n, dtype=np.int64),
+        "source": "final",
+        "from_message_id": np.full(n, None, dtype=object),
+        "turn_index": participants["n_complete_turns"].to_numpy(dtype=np.int64),
+        "chars": np.char.str_len(texts).astype(np.int64),
+        "text": texts,
+        "seconds_from_chat_start": participants["wall_seconds"].to_numpy(dtype=float),
+        "created_at": _times(participants["completed_at"]),
+    }
+    return _typed(versions, DOCUMENT_VERSIONS)
+
+
 def synthetic_study(
     *,
     n_per_arm: int | Mapping[str, int],
@@ -426,4 +446,7 @@ def synthetic_study(
         tables["messages"] = _messages_table(rng, code, participants, truth, rows)
         tables["events"] = _events_table(participants)
         tables["final_surveys"], tables["intent_answers"] = _survey_tables(participants)
+        tables["document_versions"] = _document_versions_table(
+            tables["final_surveys"], participants
+        )
     return SyntheticStudy(tables, truth)

@@ -19,6 +19,7 @@ TABLE_NAMES = [
     "events",
     "final_surveys",
     "intent_answers",
+    "document_versions",
 ]
 
 
