@@ -126,7 +126,12 @@
   area.addEventListener("focus", () => { touched = true; });
   area.addEventListener("input", () => { keepLocal(); schedule(SAVE_AFTER_MS); });
   area.addEventListener("paste", () => setTimeout(() => save("pasted"), 0));
-  area.addEventListener("blur", () => { if (dirty()) save("typed"); });
+  area.addEventListener("blur", (event) => {
+    // Focus moving to the final page's Submit: the form sends the text as the final version.
+    const to = event.relatedTarget;
+    if (area.form && to && to.type === "submit" && to.form === area.form) return;
+    if (dirty()) save("typed");
+  });
 
   function beacon() {
     if (leaving || newer || !dirty() || !navigator.sendBeacon) return;
