@@ -41,6 +41,8 @@ def make_po(tmp_path: Path, monkeypatch, settings, domain: str, copies: dict[str
         "What did the assistant do well?",
         "Please write at least %(shortest)s characters so the assistant can help you.",
         "Please rate the conversation so far to continue.",
+        "This document was changed in another tab.",
+        "Yes, finish the chat",
     ],
 )
 def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
@@ -60,6 +62,8 @@ def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings,
         "Retry this reply",
         "Turns completed: %(done)s of at least %(min)s.",
         "Reconnecting… your messages are safe.",
+        "Insert into document",
+        "Not saved: %(reason)s",
     ],
 )
 def test_chat_script_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
