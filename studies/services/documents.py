@@ -111,6 +111,22 @@ def _append(
     )
 
 
+def _record_refused(
+    participant: Participant, text: str, source: str, base_version: int, latest_number: int
+) -> None:
+    event_record(
+        study_id=participant.study_id,
+        participant_id=participant.pk,
+        kind="study.document.stale_refused",
+        payload={
+            "base_version": base_version,
+            "latest_version": latest_number,
+            "source": source,
+            "text": text,  # at most MAX_DOCUMENT_CHARS (checked before)
+        },
+    )
+
+
 def document_save(
     *,
     participant_id: int,
@@ -131,7 +147,6 @@ def document_save(
     text = normalise(text)
     _check_size(text)
     _count_save(participant_id)
-    stale = None
     with transaction.atomic():
         participant = locked(participant_id)
         if participant.status not in CHAT_STATUSES and participant_step(participant) != "final":
@@ -145,22 +160,11 @@ def document_save(
             return latest
         if latest is None and not text:
             return None
-        if base_version != number:
-            event_record(
-                study_id=participant.study_id,
-                participant_id=participant.pk,
-                kind="study.document.stale_refused",
-                payload={
-                    "base_version": base_version,
-                    "latest_version": number,
-                    "source": source,
-                    "text": text,  # at most MAX_DOCUMENT_CHARS (checked above)
-                },
-            )
-            stale = DocumentStale(number, latest.text if latest else "")
-        else:
+        if base_version == number:
             return _append(participant, text, source, message, number)
-    raise stale
+        _record_refused(participant, text, source, base_version, number)
+        stale = DocumentStale(number, latest.text if latest else "")
+    raise stale  # after the commit: the event keeps the refused text
 
 
 def document_save_final(*, participant: Participant, text: str) -> DocumentVersion | None:
