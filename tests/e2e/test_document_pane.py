@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from studies.models import DocumentVersion, Event, Message, Participant
-from tests.e2e.pages import enter_chat, scripted_study, send
+from tests.e2e.pages import CspWatch, enter_chat, scripted_study, send
 
 pytestmark = [pytest.mark.e2e]
 
@@ -47,6 +47,7 @@ def test_a_participant_writes_the_document_beside_the_chat_and_hands_it_in(
     study = scripted_study(scripted_model)
     scripted_model.replies.append(REPLY)
     page = browsing.page
+    watch = CspWatch().attach(page.context)
     enter_chat(page, study, "doc1")
     expect(page.get_by_label("Your working document")).to_be_visible()
     send(page, "Give me a title for a post about reading.", replies=1)
@@ -57,6 +58,11 @@ def test_a_participant_writes_the_document_beside_the_chat_and_hands_it_in(
     page.get_by_role("button", name="Insert into document").click()
     expect(page.locator("#document-text")).to_have_value(REPLY)
     saved(page)
+    page.get_by_role("tab", name="Preview").click()
+    expect(page.locator("#doc-preview strong")).to_have_text("Reading in the rain")
+    page.get_by_role("tab", name="Preview").press("ArrowLeft")  # back to Write, by keyboard
+    expect(page.get_by_role("tab", name="Write")).to_be_focused()
+    expect(page.locator("#document-text")).to_be_visible()
     type_at_end(page, "\nMy own sentence.")
     saved(page)
     shoot(page, "wide", 1280)
@@ -126,7 +132,7 @@ def test_a_participant_writes_the_document_beside_the_chat_and_hands_it_in(
     type_at_end(page, "\nThe end.")  # submitted before the autosave: stored as the final version
     page.get_by_role("button", name="Submit").click()
     expect(page.locator("#completion-code")).to_have_text(study.completion_code)
-    assert browsing.errors == []
+    assert browsing.errors == [] and watch.violations == []
 
     rows = list(participant.document_versions.order_by("number"))
     sources = [v.source for v in rows]
