@@ -170,3 +170,25 @@ def test_an_unchanged_final_document_adds_no_version(client, study):
         "strengths": "s", "weaknesses": "w",
     })  # fmt: skip
     assert list(participant.document_versions.values_list("source", flat=True)) == ["typed"]
+
+
+def test_saves_beyond_the_rate_bound_answer_429(client, study, monkeypatch):
+    participant = to_chat(client, study)
+    monkeypatch.setattr(documents, "SAVES_PER_WINDOW", 1)
+    post(client, study, "one", 0)
+    response = post(client, study, "two", 1)
+    assert response.status_code == 429 and response.json()["message"]
+    assert participant.document_versions.count() == 1
+
+
+def test_a_save_after_completion_answers_400_and_changes_nothing(client, study):
+    participant = to_chat(client, study)
+    finish_turns(participant, study.min_turns)
+    client.post(url("finish", study))
+    client.post(url("final", study), {
+        "document_text": "Handed in.", "document_quality": "8", "overall_interaction": "9",
+        "strengths": "s", "weaknesses": "w",
+    })  # fmt: skip
+    response = post(client, study, "Afterthought.", 1)
+    assert response.status_code == 400
+    assert list(participant.document_versions.values_list("text", flat=True)) == ["Handed in."]
