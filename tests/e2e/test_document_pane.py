@@ -132,6 +132,8 @@ def test_a_participant_writes_the_document_beside_the_chat_and_hands_it_in(
     type_at_end(page, "\nThe end.")  # submitted before the autosave: stored as the final version
     page.get_by_role("button", name="Submit").click()
     expect(page.locator("#completion-code")).to_have_text(study.completion_code)
+    key = page.evaluate("document.body.dataset.draftKey") + ":document"
+    page.wait_for_function("(k) => localStorage.getItem(k) === null", arg=key)
     assert browsing.errors == [] and watch.violations == []
 
     rows = list(participant.document_versions.order_by("number"))

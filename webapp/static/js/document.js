@@ -204,6 +204,16 @@
     }, false);
   }
 
+  // A rating due blocks the chat: on narrow screens, bring the Chat tab forward for it.
+  const rating = $("rating");
+  if (rating && showTab) {
+    new MutationObserver(() => {
+      if (rating.hidden || workspace.dataset.tab !== "document") return;
+      showTab($("tab-chat"), false);
+      rating.querySelector("button").focus();
+    }).observe(rating, { attributes: true, attributeFilter: ["hidden"] });
+  }
+
   function actionButton(label, onClick) {
     const button = document.createElement("button");
     button.type = "button";
