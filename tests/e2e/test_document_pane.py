@@ -145,3 +145,23 @@ def test_a_participant_writes_the_document_beside_the_chat_and_hands_it_in(
     assert [v.number for v in rows] == list(range(1, len(rows) + 1))
     participant.refresh_from_db()
     assert participant.final_survey.document_text == rows[-1].text
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_on_a_narrow_screen_a_due_rating_brings_the_chat_tab_forward(
+    web_server, browsing, scripted_model
+):
+    study = scripted_study(scripted_model, rating_every=1)
+    scripted_model.replies.append(" ".join(["word"] * 80))  # about 1.2 s of streaming
+    page = browsing.page
+    page.set_viewport_size({"width": 400, "height": 900})
+    enter_chat(page, study, "doc2")
+    page.locator("#composer-text").fill("A long answer, please.")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("tab", name="Document").click()
+    expect(page.locator("#document-text")).to_be_visible()
+    expect(page.locator("#rating")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("tab", name="Chat")).to_have_attribute("aria-selected", "true")
+    expect(page.locator('#rating button[data-score="1"]')).to_be_focused()
+    assert browsing.errors == []
