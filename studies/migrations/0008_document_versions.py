@@ -1,9 +1,33 @@
 import django.db.models.deletion
+from django.contrib.auth.management import create_permissions
 from django.db import migrations, models
 
 
+def study_admins_get_document_permissions(apps, schema_editor):
+    """Study admins hold every permission of the app (0006): add the new model's."""
+    using = schema_editor.connection.alias
+    config = apps.get_app_config("studies")
+    # Historical app configs have no models_module, which create_permissions requires.
+    stub = getattr(config, "models_module", None) is None
+    if stub:
+        config.models_module = True
+    create_permissions(config, verbosity=0, using=using, apps=apps)
+    if stub:
+        config.models_module = None
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    granted = Permission.objects.using(using).filter(
+        content_type__app_label="studies", content_type__model="documentversion"
+    )
+    for group in Group.objects.using(using).filter(name="Study admin"):
+        group.permissions.add(*granted)
+
+
 class Migration(migrations.Migration):
-    dependencies = [("studies", "0007_rendered_replies")]
+    dependencies = [
+        ("studies", "0007_rendered_replies"),
+        ("auth", "0012_alter_user_first_name_max_length"),
+    ]
 
     operations = [
         migrations.CreateModel(
@@ -19,7 +43,9 @@ class Migration(migrations.Migration):
                 ("text", models.TextField(blank=True)),
                 (
                     "turn_index",
-                    models.PositiveSmallIntegerField(help_text="Completed turns when it was saved."),
+                    models.PositiveSmallIntegerField(
+                        help_text="Completed turns when it was saved."
+                    ),
                 ),
                 (
                     "source",
@@ -74,4 +100,5 @@ class Migration(migrations.Migration):
                 ],
             },
         ),
+        migrations.RunPython(study_admins_get_document_permissions, migrations.RunPython.noop),
     ]
