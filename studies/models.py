@@ -487,6 +487,46 @@ class Message(models.Model):
         return f"{self.participant_id}#{self.turn_index} {self.role} ({self.status})"
 
 
+class DocumentVersion(models.Model):
+    """One saved version of the participant's working document (the pane, then the final page)."""
+
+    class Source(models.TextChoices):
+        TYPED = "typed"
+        INSERTED = "inserted"  # an assistant reply inserted into the document
+        PASTED = "pasted"
+        FINAL = "final"  # the text submitted on the final page
+
+    participant = models.ForeignKey(
+        Participant, on_delete=models.PROTECT, related_name="document_versions"
+    )
+    number = models.PositiveIntegerField(help_text="1-based, per participant.")
+    text = models.TextField(blank=True)
+    turn_index = models.PositiveSmallIntegerField(help_text="Completed turns when it was saved.")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    from_message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["participant", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["participant", "number"], name="document_version_number_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(number__gte=1), name="document_version_number_positive"
+            ),
+            models.CheckConstraint(
+                condition=~Q(source="inserted") | Q(from_message__isnull=False),
+                name="document_version_inserted_has_message",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.participant_id} v{self.number} ({self.source})"
+
+
 class TurnRating(models.Model):
     participant = models.ForeignKey(Participant, on_delete=models.PROTECT, related_name="ratings")
     after_turn = models.PositiveSmallIntegerField()

@@ -124,6 +124,12 @@ def message_frame(message: Message) -> dict:
     return frame
 
 
+def transcript(*, participant_id: int) -> list[dict]:
+    """The complete messages in order, as frames (assistant HTML sanitised), for the final page."""
+    rows = Message.objects.filter(participant_id=participant_id, status=M.COMPLETE).order_by("id")
+    return [message_frame(m) for m in rows]
+
+
 def chat_state(*, participant_id: int) -> dict:
     """The whole chat as the page needs it after (re)connecting."""
     participant = Participant.objects.select_related("study", "version", "condition").get(

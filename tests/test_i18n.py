@@ -42,6 +42,8 @@ def make_po(tmp_path: Path, monkeypatch, settings, domain: str, copies: dict[str
         "Please write at least %(shortest)s characters so the assistant can help you.",
         "Please rate the conversation so far to continue.",
         "Only the last reply that was cut off at the length limit can be continued.",
+        "This document was changed in another tab.",
+        "Yes, finish the chat",
     ],
 )
 def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
@@ -63,6 +65,8 @@ def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings,
         "Reconnecting… your messages are safe.",
         "This reply was cut off at the length limit.",
         "Assistant (continued)",
+        "Insert into document",
+        "Not saved: %(reason)s",
     ],
 )
 def test_chat_script_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):

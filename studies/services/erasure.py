@@ -1,6 +1,9 @@
 """Erasing one participant on a data-subject request: the only way participant rows are deleted."""
 
+from collections.abc import Iterable
+
 from django.db import transaction
+from django.db.models import ForeignObjectRel
 
 from studies.models import ErasureRecord, Participant, Study
 from studies.services.events import event_record
@@ -28,6 +31,21 @@ def participant_find(*, study_slug: str, ident: str) -> Participant:
     return matches[0]
 
 
+def _dependents_first(relations: Iterable[ForeignObjectRel]) -> list[ForeignObjectRel]:
+    """Participant's child tables, those that point at another child table (a document version
+    at the message it inserted) before the one they point at."""
+    children = {r.related_model for r in relations}
+
+    def points_at_a_child(relation: ForeignObjectRel) -> bool:
+        return any(
+            f.is_relation and f.related_model in children and f.related_model is not Participant
+            for f in relation.related_model._meta.get_fields()
+            if f.concrete
+        )
+
+    return sorted(relations, key=lambda r: not points_at_a_child(r))
+
+
 @transaction.atomic
 def participant_erase(*, participant_id: int, requested_by: str, reason: str) -> ErasureRecord:
     """Delete the participant and every row about them; record who, when and why."""
@@ -40,7 +58,7 @@ def participant_erase(*, participant_id: int, requested_by: str, reason: str) ->
     erased: dict[str, int] = {}
     # Children first: every relation to Participant is PROTECT, so the order is what lets the
     # participant row go; walking _meta also covers tables added later.
-    for relation in Participant._meta.related_objects:
+    for relation in _dependents_first(Participant._meta.related_objects):
         rows = relation.related_model._default_manager.filter(**{relation.field.name: participant})
         count, _ = rows.delete()
         if count:

@@ -25,6 +25,7 @@ from django.db.models import (
     BooleanField,
     Count,
     ExpressionWrapper,
+    F,
     FloatField,
     IntegerField,
     OuterRef,
@@ -35,10 +36,11 @@ from django.db.models import (
 )
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
-from django.db.models.functions import Coalesce, Length
+from django.db.models.functions import Coalesce, Extract, Length
 
 from analysis import schema
 from studies.models import (
+    DocumentVersion,
     Event,
     FinalSurvey,
     IntentAnswer,
@@ -199,6 +201,10 @@ def _sources(study: Study, checkpoints: list[int], cutoff: datetime, pilot: bool
         _related("intent_answers", IntentAnswer, [
             pid, "question_index", "question", "answer",
         ], ["participant_id", "question_index"], who),
+        _related("document_versions", DocumentVersion, [
+            pid, arm, "number", "source", "from_message_id", "turn_index", Length("text"), "text",
+            Extract(F("created_at") - F("participant__chat_started_at"), "epoch"), "created_at",
+        ], ["participant_id", "number"], who),
     ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ from studies.views.brief import brief
 from studies.views.chat import alive, chat, finish
 from studies.views.check import check
 from studies.views.consent import consent
+from studies.views.document import document, document_preview
 from studies.views.done import closed, done
 from studies.views.entry import entry, resume
 from studies.views.final import final
@@ -17,6 +18,8 @@ __all__ = [
     "check",
     "closed",
     "consent",
+    "document",
+    "document_preview",
     "done",
     "entry",
     "final",

@@ -8,7 +8,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from studies.models import Participant
 from studies.pages import at_step, moved_on
-from studies.services import activity, outcomes
+from studies.services import activity, documents, outcomes
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.services.versions import frozen_study
@@ -16,7 +16,10 @@ from studies.sessions import session_participant_id
 
 
 def _chat_context(participant: Participant) -> dict:
+    latest = documents.document_latest(participant)
     return {
+        "document": latest,
+        "document_text": latest.text if latest else "",
         "participant": participant,
         "study": frozen_study(participant),
         "scale": range(1, 11),

@@ -6,7 +6,9 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 
+from studies import selectors
 from studies.pages import at_step, moved_on
+from studies.services import documents
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.services.versions import frozen_study
@@ -14,8 +16,9 @@ from studies.views.check import CheckForm
 
 
 class FinalForm(forms.Form):
+    # Rendered by studies/_document_pane.html (autosaved like the pane beside the chat).
     document_text = forms.CharField(
-        label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS, widget=forms.Textarea
+        label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS
     )
     document_quality = forms.TypedChoiceField(
         label=_("How good is the final document? (1 = very poor, 10 = excellent)"),
@@ -47,7 +50,8 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
     if isinstance(participant, HttpResponse):
         return participant
     checks = frozen_study(participant).attention_checks
-    form = FinalForm(request.POST or None)
+    latest = documents.document_latest(participant)
+    form = FinalForm(request.POST or None, initial={"document_text": latest.text if latest else ""})
     attention = CheckForm(checks, request.POST or None, prefix_name="attention_")
     if request.method == "POST" and form.is_valid() and attention.is_valid():
         try:
@@ -70,6 +74,9 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
             "study": frozen_study(participant),
             "form": form,
             "attention": attention,
+            "document": latest,
+            "document_text": form["document_text"].value() or "",
+            "transcript": selectors.transcript(participant_id=participant.pk),
         },
         status=status,
     )

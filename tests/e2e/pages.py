@@ -88,6 +88,13 @@ def send(page: Page, text: str, *, replies: int) -> None:
     expect(done).to_have_count(replies, timeout=30_000)
 
 
+def finish_chat(page: Page) -> None:
+    """Leave the chat: the finish button, then "Yes" in the confirmation dialog."""
+    page.locator("#finish").get_by_role("button", name="I am done chatting").click()
+    page.get_by_role("dialog").get_by_role("button", name="Yes, finish the chat").click()
+    page.wait_for_url("**/final/")
+
+
 def log_in_staff(context: BrowserContext, base_url: str) -> User:
     """A superuser whose session cookie the browser context carries."""
     user = User.objects.create_superuser("staff", "staff@example.org", "pw-staff-1")

@@ -11,7 +11,14 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from studies.models import Message, Participant, Study
-from tests.e2e.pages import CspWatch, enter_chat, log_in_staff, scripted_study, send
+from tests.e2e.pages import (
+    CspWatch,
+    enter_chat,
+    finish_chat,
+    log_in_staff,
+    scripted_study,
+    send,
+)
 from training.models import TrainingRun
 
 pytestmark = [pytest.mark.e2e]
@@ -38,7 +45,7 @@ def test_a_participant_goes_through_every_step_without_a_policy_violation(
     enter_chat(page, study, "csp1")  # the socket connects: connect-src 'self' covers ws:
     send(page, "Help me write.", replies=1)
     page.locator('#rating button[data-score="7"]').click()
-    page.locator("#finish").get_by_role("button").click()
+    finish_chat(page)
     page.get_by_label("Your final document").fill("The final text.")
     page.locator('input[name="document_quality"][value="8"]').check()
     page.locator('input[name="overall_interaction"][value="9"]').check()
@@ -148,7 +155,7 @@ def test_the_draft_is_kept_per_participant_resent_with_its_key_and_cleared_at_th
     assert page.locator("#composer-text").input_value() == ""
 
     page.locator("#composer-text").fill("Left in the box")
-    page.locator("#finish").get_by_role("button").click()
+    finish_chat(page)
     expect(page.get_by_label("Your final document")).to_be_visible()
     page.wait_for_function("(k) => localStorage.getItem(k) === null", arg=key)
     assert page.evaluate("Object.keys(localStorage).filter((k) => k.startsWith('draft'))") == []

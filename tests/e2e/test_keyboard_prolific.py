@@ -114,6 +114,16 @@ def test_a_keyboard_only_prolific_participant_reaches_the_completion_redirect(
     expect(finish).to_be_visible()
     tab_to(page, finish)
     page.keyboard.press("Enter")
+    # It asks first: Escape cancels (focus returns to the button), Enter on "Yes" leaves.
+    confirm = page.get_by_role("dialog", name="Finish the chat?")
+    expect(confirm).to_be_visible()
+    expect(page.get_by_role("button", name="Keep chatting")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(confirm).to_be_hidden()
+    expect(finish).to_be_focused()
+    page.keyboard.press("Enter")
+    tab_to(page, confirm.get_by_role("button", name="Yes, finish the chat"))
+    page.keyboard.press("Enter")
 
     tab_to(page, page.get_by_label("Your final document"))
     page.keyboard.type("My final post about reading, written with the assistant.")

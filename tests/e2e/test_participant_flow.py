@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import Page, WebSocket, expect
 
 from studies.models import Participant
+from tests.e2e.pages import finish_chat
 from tests.factories import ModelEndpointFactory, three_arm_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -112,7 +113,7 @@ def test_a_participant_goes_from_the_recruiting_link_to_the_completion_code(
     _rate(page, 8)
     expect(page.locator("#announcer")).not_to_be_empty()
     streamed_in_page = set(page.evaluate("window.__streamedIds"))
-    page.locator("#finish").get_by_role("button").click()
+    finish_chat(page)
 
     page.get_by_label("Your final document").fill("My final blog post, written with the assistant.")
     page.locator('input[name="document_quality"][value="8"]').check()

@@ -18,7 +18,14 @@ from django.urls import reverse
 from playwright.sync_api import Page, Request, expect
 
 from studies.models import FinalSurvey, Participant
-from tests.e2e.pages import CspWatch, enter_chat, log_in_staff, scripted_study, send
+from tests.e2e.pages import (
+    CspWatch,
+    enter_chat,
+    finish_chat,
+    log_in_staff,
+    scripted_study,
+    send,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -142,7 +149,7 @@ def test_hostile_content_runs_nowhere_with_the_policy_on(
     user_bodies = page.locator("li.message.user .body")
     expect(user_bodies.first).to_contain_text("<script>__xss()</script>")  # shown as text
 
-    page.locator("#finish").get_by_role("button").click()
+    finish_chat(page)
     page.get_by_label("Your final document").fill(HOSTILE)
     page.locator('input[name="document_quality"][value="8"]').check()
     page.locator('input[name="overall_interaction"][value="9"]').check()

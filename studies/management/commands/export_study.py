@@ -11,8 +11,8 @@ from studies.services.exports import FORMATS, ExportError, export_study
 class Command(BaseCommand):
     help = (
         "Export a study's tables (participants, messages, turn_ratings, final_surveys, events, "
-        "intent_answers) with data_dictionary.md and manifest.json. Previews are never exported; "
-        "recruiting ids are pseudonymised unless --raw-ids is given."
+        "intent_answers, document_versions) with data_dictionary.md and manifest.json. Previews "
+        "are never exported; recruiting ids are pseudonymised unless --raw-ids is given."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

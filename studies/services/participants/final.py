@@ -9,6 +9,7 @@ from django.utils.translation import gettext as _
 
 from studies.models import FinalSurvey, Participant
 from studies.services.activity import activity_apply
+from studies.services.documents import document_save_final, normalise
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.participants.check import answers_wrong
@@ -47,6 +48,8 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
         wrong = answers_wrong(checks, list(answers.attention))
         survey = asdict(answers)
         attention = survey.pop("attention")
+        survey["document_text"] = normalise(answers.document_text)
+        document_save_final(participant=participant, text=survey["document_text"])
         FinalSurvey.objects.create(
             participant=participant,
             **survey,

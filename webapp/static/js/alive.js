@@ -8,6 +8,10 @@
   // A participant page other than the chat is before it (nothing drafted yet) or after it (final
   // step, done, ended), where the chat's unsent draft is of no more use: forget it.
   if (document.body.dataset.draftKey) localStorage.removeItem(document.body.dataset.draftKey);
+  // The working document's unsaved copy (document.js) likewise, once no page shows the document.
+  if (document.body.dataset.draftKey && !document.getElementById("document-pane")) {
+    localStorage.removeItem(document.body.dataset.draftKey + ":document");
+  }
   // The same CSRF header htmx sends (set on <body> by base.html).
   const token = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
   let lastInput = Date.now();

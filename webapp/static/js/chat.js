@@ -106,6 +106,7 @@
     b.el.querySelectorAll(".failure").forEach((n) => n.remove());
     if (m.status === "failed" || m.status === "interrupted") showFailure(b, m);
     if (m.status !== "streaming" && root.dataset.saving === String(m.id)) saved();
+    if (m.role === "assistant" && m.status === "complete") document.dispatchEvent(new CustomEvent("chat:reply-rendered", { detail: { element: b.el, message: m } })); // document.js
     return b;
   }
 
