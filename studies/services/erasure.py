@@ -38,7 +38,10 @@ def _dependents_first(relations: Iterable[ForeignObjectRel]) -> list[ForeignObje
 
     def points_at_a_child(relation: ForeignObjectRel) -> bool:
         return any(
-            f.is_relation and f.related_model in children and f.related_model is not Participant
+            f.is_relation
+            and f.related_model in children
+            # not the participant, and not itself (a continuation points at the reply it continues)
+            and f.related_model not in (Participant, relation.related_model)
             for f in relation.related_model._meta.get_fields()
             if f.concrete
         )
