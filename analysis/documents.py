@@ -63,6 +63,48 @@ def replies(messages: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def truncation(messages: pd.DataFrame, arms: list[str], level: float = 0.95) -> pd.DataFrame:
+    """Per arm, replies cut at the token limit: n_replies (complete replies, a continued reply
+    counted once), n_cut (its first part stopped with finish_reason "length"), n_continued (a
+    complete continuation follows), n_left_cut (its last complete part still stopped at the
+    limit), and share_cut = n_cut / n_replies with a Wilson interval."""
+    parts = messages.loc[
+        messages["role"].eq("assistant").fillna(False)
+        & messages["status"].eq("complete").fillna(False)
+    ].sort_values("message_id")
+    ids = parts["message_id"].astype("int64").tolist()
+    parents = parts["continuation_of"].astype("Float64").fillna(-1).astype("int64").tolist()
+    parent = dict(zip(ids, parents, strict=True))
+    cut = parts["finish_reason"].astype("string").eq("length").fillna(False).tolist()
+    chains: dict[int, list[bool]] = {}  # root part -> cut flags of its parts, in order
+    arm_of: dict[int, str] = {}
+    for message_id, arm, was_cut in zip(ids, parts["arm"].astype(str).tolist(), cut, strict=True):
+        root, seen = message_id, {message_id}
+        while parent[root] in parent and parent[root] not in seen:
+            root = parent[root]
+            seen.add(root)
+        chains.setdefault(root, []).append(was_cut)
+        arm_of.setdefault(root, arm)
+    rows = []
+    for arm in arms:
+        mine = [flags for root, flags in chains.items() if arm_of[root] == arm]
+        n, k = len(mine), sum(flags[0] for flags in mine)
+        rows.append({
+            "arm": arm,
+            "n_replies": n,
+            "n_cut": k,
+            "n_continued": sum(len(flags) > 1 for flags in mine),
+            "n_left_cut": sum(flags[-1] for flags in mine),
+            "share_cut": k / n if n else np.nan,
+            **dict(zip(("ci_low", "ci_high"), stats.wilson_interval(k, n, level), strict=True)),
+        })  # fmt: skip
+    return pd.DataFrame(
+        rows,
+        columns=["arm", "n_replies", "n_cut", "n_continued", "n_left_cut", "share_cut", "ci_low",
+                 "ci_high"],
+    )  # fmt: skip
+
+
 def _codes(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype="<u4").astype(np.uint64)
 
@@ -190,4 +232,5 @@ def document_sections(
         "per_arm": {
             m: stats.describe(found, m, seed=seed, n_boot=n_boot, level=level) for m in MEASURES
         },
+        "truncation": truncation(messages, arms, level),
     }

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import documents
+from analysis import documents, stats
 from analysis.io import ExportError, empty_table, has_table, load_export, write_export
 from analysis.report import build_report
 from analysis.schema import TABLES
@@ -243,3 +243,43 @@ def test_too_few_participants_with_versions_in_an_arm_is_said(study, tmp_path):
     assert "Too few participants with document versions" in notes and "proactive" in notes
     assert "have no document versions and are left out" in notes
     assert json.dumps(summary, allow_nan=False)
+
+
+def test_replies_cut_at_the_length_limit_are_counted_per_arm():
+    """p1's turn-2 reply was cut and continued (one cut reply, continued, not left cut); p2's
+    only reply is cut and was not continued; failed replies are no replies."""
+    _, messages, _, _ = hand_made()
+    cut_again = messages["message_id"].eq(7)
+    messages.loc[cut_again, "finish_reason"] = "length"
+    rows = {r["arm"]: r for r in documents.truncation(messages, ["base"]).to_dict("records")}
+    base = rows["base"]
+    assert (base["n_replies"], base["n_cut"], base["n_continued"], base["n_left_cut"]) == (
+        3,
+        2,
+        1,
+        1,
+    )
+    assert base["share_cut"] == pytest.approx(2 / 3)
+    low, high = stats.wilson_interval(2, 3)
+    assert (base["ci_low"], base["ci_high"]) == pytest.approx((low, high))
+
+
+def test_the_report_counts_cut_replies_from_the_messages(report, study):
+    _, out, summary = report
+    messages = study["messages"]
+    roots = messages.loc[
+        messages["role"].eq("assistant")
+        & messages["status"].eq("complete")
+        & messages["continuation_of"].isna()
+        & messages["participant_id"].isin(
+            study["participants"].loc[
+                study["participants"]["status"].eq("completed")
+                & ~study["participants"]["excluded"].fillna(False).astype(bool),
+                "participant_id",
+            ]
+        )
+    ]
+    expected = roots.groupby("arm").size().to_dict()
+    found = {r["arm"]: r["n_replies"] for r in summary["documents"]["truncation"]}
+    assert found == {str(k): int(v) for k, v in expected.items()}
+    assert "cut at the length limit" in (out / "report.html").read_text()
