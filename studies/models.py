@@ -67,6 +67,11 @@ class Study(models.Model):
     screened_out_code = models.CharField(max_length=40, default=_completion_code)
     attention_failed_code = models.CharField(max_length=40, default=_completion_code)
     timed_out_code = models.CharField(max_length=40, default=_completion_code)
+    declined_code = models.CharField(
+        max_length=40,
+        default=_completion_code,
+        help_text="Shown to those who do not consent (Prolific asks for a no-consent code).",
+    )
     linked_studies = models.ManyToManyField(
         "self",
         blank=True,
@@ -296,6 +301,7 @@ class Participant(models.Model):
         EXCLUDED = "excluded"
         RETURNED = "returned"
         TIMED_OUT = "timed_out"
+        DECLINED = "declined"
 
     class Outcome(models.TextChoices):
         COMPLETED = "completed"
@@ -304,6 +310,7 @@ class Participant(models.Model):
         TIMED_OUT = "timed_out"
         RETURNED = "returned"
         ABANDONED = "abandoned"
+        DECLINED = "declined"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
@@ -355,7 +362,14 @@ class Participant(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(
-                    status__in=["entered", "abandoned", "excluded", "returned", "timed_out"]
+                    status__in=[
+                        "entered",
+                        "declined",
+                        "abandoned",
+                        "excluded",
+                        "returned",
+                        "timed_out",
+                    ]
                 )
                 | Q(condition__isnull=False),
                 name="participant_past_consent_has_condition",
@@ -364,6 +378,7 @@ class Participant(models.Model):
                 condition=Q(
                     status__in=[
                         "entered",
+                        "declined",
                         "consented",
                         "abandoned",
                         "excluded",
