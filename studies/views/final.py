@@ -6,6 +6,7 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 
+from studies.forms import FreeTextField
 from studies.pages import at_step, moved_on
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
@@ -14,7 +15,7 @@ from studies.views.check import CheckForm
 
 
 class FinalForm(forms.Form):
-    document_text = forms.CharField(
+    document_text = FreeTextField(
         label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS, widget=forms.Textarea
     )
     document_quality = forms.TypedChoiceField(
@@ -29,12 +30,12 @@ class FinalForm(forms.Form):
         coerce=int,
         widget=forms.RadioSelect,
     )
-    strengths = forms.CharField(
+    strengths = FreeTextField(
         label=_("What did the assistant do well?"),
         max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,
     )
-    weaknesses = forms.CharField(
+    weaknesses = FreeTextField(
         label=_("What could the assistant do better?"),
         max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,
