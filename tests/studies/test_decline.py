@@ -136,3 +136,9 @@ def test_each_study_has_its_own_declined_code(study):
     other = three_arm_study()
     assert study.declined_code and other.declined_code
     assert study.declined_code != other.declined_code
+
+
+def test_the_code_page_of_a_declined_participant_offers_no_resume_code(client, study):
+    decline(client, study)
+    page = client.get(url("closed", study)).content.decode()
+    assert "resume code" not in page.lower()
