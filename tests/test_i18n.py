@@ -41,6 +41,10 @@ def make_po(tmp_path: Path, monkeypatch, settings, domain: str, copies: dict[str
         "What did the assistant do well?",
         "Please write at least %(shortest)s characters so the assistant can help you.",
         "Please rate the conversation so far to continue.",
+        "Submit rating",
+        "The assistant is writing…",
+        "Jump to the latest message",
+        "Copy the code",
     ],
 )
 def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
@@ -60,6 +64,9 @@ def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings,
         "Retry this reply",
         "Turns completed: %(done)s of at least %(min)s.",
         "Reconnecting… your messages are safe.",
+        "Time left: %(time)s",
+        "Please choose a rating from 1 to 10 first.",
+        "Copied",
     ],
 )
 def test_chat_script_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
