@@ -9,6 +9,8 @@ from django.db.models import Q
 
 from studies.validators import validate_api_key_env
 
+MARKDOWN_HELP = "Markdown: paragraphs, lists, emphasis, headings, links. Raw HTML shows as text."
+
 
 def _completion_code() -> str:
     return secrets.token_hex(4).upper()
@@ -33,8 +35,8 @@ class Study(models.Model):
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
-    consent_text = models.TextField()
-    instructions = models.TextField(blank=True)
+    consent_text = models.TextField(help_text=MARKDOWN_HELP)
+    instructions = models.TextField(blank=True, help_text=MARKDOWN_HELP)
     min_turns = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)])
     max_turns = models.PositiveSmallIntegerField(null=True, blank=True)
     rating_every = models.PositiveSmallIntegerField(
@@ -246,7 +248,7 @@ class Task(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="tasks")
     document_type = models.CharField(max_length=30, choices=DocumentType.choices)
     topic = models.CharField(max_length=200)
-    brief = models.TextField(blank=True)
+    brief = models.TextField(blank=True, help_text=MARKDOWN_HELP)
     intent_questions = models.JSONField(default=list, help_text="A list of question strings.")
 
     class Meta:

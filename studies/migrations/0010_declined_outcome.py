@@ -4,6 +4,8 @@ from django.db import migrations, models
 
 import studies.models
 
+MARKDOWN_HELP = "Markdown: paragraphs, lists, emphasis, headings, links. Raw HTML shows as text."
+
 
 def give_each_study_its_own_code(apps, schema_editor):
     # AddField evaluates a callable default once for all existing rows; a code is per study.
@@ -108,5 +110,20 @@ class Migration(migrations.Migration):
                 ),
                 name="participant_past_brief_has_task",
             ),
+        ),
+        migrations.AlterField(
+            model_name="study",
+            name="consent_text",
+            field=models.TextField(help_text=MARKDOWN_HELP),
+        ),
+        migrations.AlterField(
+            model_name="study",
+            name="instructions",
+            field=models.TextField(blank=True, help_text=MARKDOWN_HELP),
+        ),
+        migrations.AlterField(
+            model_name="task",
+            name="brief",
+            field=models.TextField(blank=True, help_text=MARKDOWN_HELP),
         ),
     ]
