@@ -9,6 +9,8 @@ from django.db.models import Q
 
 from studies.validators import validate_api_key_env
 
+MARKDOWN_HELP = "Markdown: paragraphs, lists, emphasis, headings, links. Raw HTML shows as text."
+
 
 def _completion_code() -> str:
     return secrets.token_hex(4).upper()
@@ -33,8 +35,8 @@ class Study(models.Model):
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
-    consent_text = models.TextField()
-    instructions = models.TextField(blank=True)
+    consent_text = models.TextField(help_text=MARKDOWN_HELP)
+    instructions = models.TextField(blank=True, help_text=MARKDOWN_HELP)
     min_turns = models.PositiveSmallIntegerField(default=8, validators=[MinValueValidator(1)])
     max_turns = models.PositiveSmallIntegerField(null=True, blank=True)
     rating_every = models.PositiveSmallIntegerField(
@@ -67,6 +69,11 @@ class Study(models.Model):
     screened_out_code = models.CharField(max_length=40, default=_completion_code)
     attention_failed_code = models.CharField(max_length=40, default=_completion_code)
     timed_out_code = models.CharField(max_length=40, default=_completion_code)
+    declined_code = models.CharField(
+        max_length=40,
+        default=_completion_code,
+        help_text="Shown to those who do not consent (Prolific asks for a no-consent code).",
+    )
     linked_studies = models.ManyToManyField(
         "self",
         blank=True,
@@ -245,7 +252,7 @@ class Task(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="tasks")
     document_type = models.CharField(max_length=30, choices=DocumentType.choices)
     topic = models.CharField(max_length=200)
-    brief = models.TextField(blank=True)
+    brief = models.TextField(blank=True, help_text=MARKDOWN_HELP)
     intent_questions = models.JSONField(default=list, help_text="A list of question strings.")
 
     class Meta:
@@ -300,6 +307,7 @@ class Participant(models.Model):
         EXCLUDED = "excluded"
         RETURNED = "returned"
         TIMED_OUT = "timed_out"
+        DECLINED = "declined"
 
     class Outcome(models.TextChoices):
         COMPLETED = "completed"
@@ -308,6 +316,7 @@ class Participant(models.Model):
         TIMED_OUT = "timed_out"
         RETURNED = "returned"
         ABANDONED = "abandoned"
+        DECLINED = "declined"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
@@ -359,7 +368,14 @@ class Participant(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(
-                    status__in=["entered", "abandoned", "excluded", "returned", "timed_out"]
+                    status__in=[
+                        "entered",
+                        "declined",
+                        "abandoned",
+                        "excluded",
+                        "returned",
+                        "timed_out",
+                    ]
                 )
                 | Q(condition__isnull=False),
                 name="participant_past_consent_has_condition",
@@ -368,6 +384,7 @@ class Participant(models.Model):
                 condition=Q(
                     status__in=[
                         "entered",
+                        "declined",
                         "consented",
                         "abandoned",
                         "excluded",

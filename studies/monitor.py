@@ -68,6 +68,7 @@ class Counts:
     entered: int = 0
     consented: int = 0
     in_progress: int = 0
+    declined: int = 0
     completed: int = 0
     dropped: int = 0
     dropped_after_consent: int = 0
@@ -186,6 +187,7 @@ def _count_aggregates() -> dict[str, Any]:
         "entered": Count("pk"),
         "consented": Count("pk", filter=Q(consented_at__isnull=False)),
         "in_progress": Count("pk", filter=Q(status__in=IN_PROGRESS)),
+        "declined": Count("pk", filter=Q(status=P.DECLINED)),
         "completed": Count("pk", filter=completed),
         "dropped": Count("pk", filter=dropped),
         "dropped_after_consent": Count("pk", filter=dropped & Q(consented_at__isnull=False)),

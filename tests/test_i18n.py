@@ -44,6 +44,10 @@ def make_po(tmp_path: Path, monkeypatch, settings, domain: str, copies: dict[str
         "Only the last reply that was cut off at the length limit can be continued.",
         "This document was changed in another tab.",
         "Yes, finish the chat",
+        "Submit rating",
+        "The assistant is writing…",
+        "Jump to the latest message",
+        "Copy the code",
     ],
 )
 def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):
@@ -67,6 +71,9 @@ def test_participant_page_strings_are_extracted(tmp_path, monkeypatch, settings,
         "Assistant (continued)",
         "Insert into document",
         "Not saved: %(reason)s",
+        "Time left: %(time)s",
+        "Please choose a rating from 1 to 10 first.",
+        "Copied",
     ],
 )
 def test_chat_script_strings_are_extracted(tmp_path, monkeypatch, settings, msgid):

@@ -1,4 +1,5 @@
-"""Ending a participation other than by completing: screened out, returned, timed out, abandoned.
+"""Ending a participation other than by completing: screened out, returned, timed out, abandoned
+(declining consent is its own step: participants.consent.participant_decline).
 
 Each ending keeps every row the participant produced, records the outcome (which selects the
 completion code they are shown) and frees their allocation slot where the design reuses slots.
@@ -102,4 +103,5 @@ def outcome_code(participant: Participant) -> str | None:
         Out.SCREENED_OUT: study.screened_out_code,
         Out.FAILED_ATTENTION: study.attention_failed_code,
         Out.TIMED_OUT: study.timed_out_code,
+        Out.DECLINED: study.declined_code,
     }.get(outcome)

@@ -25,6 +25,7 @@ from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.rendering import render_markdown
+from studies.services.text import normalise_newlines
 from studies.services.versions import arm_settings, frozen_study
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def time_is_up(participant: Participant, now: datetime | None = None) -> bool:
 
 def turn_start(*, participant_id: int, text: str, key: uuid.UUID) -> TurnStarted:
     """Persist a user message and a streaming reply placeholder, or refuse with a clear reason."""
-    text = text.strip()
+    text = normalise_newlines(text).strip()
     if not text:
         raise StudyActionError("empty", _("Please write a message first."))
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:

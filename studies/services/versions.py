@@ -34,6 +34,7 @@ STUDY_FIELDS = [
     "screened_out_code",
     "attention_failed_code",
     "timed_out_code",
+    "declined_code",
     "completion_redirect_url",
     "comprehension_questions",
     "attention_checks",
@@ -140,6 +141,7 @@ LIVE_FIELDS = frozenset(
         "screened_out_code",
         "attention_failed_code",
         "timed_out_code",
+        "declined_code",
         "completion_redirect_url",
     }
 )

@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 
 from studies import selectors
+from studies.forms import FreeTextField
 from studies.pages import at_step
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
@@ -17,7 +18,7 @@ class IntentForm(forms.Form):
     def __init__(self, questions: list[str], *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         for i, question in enumerate(questions):
-            self.fields[f"q{i}"] = forms.CharField(
+            self.fields[f"q{i}"] = FreeTextField(
                 label=question,
                 max_length=svc.MAX_ANSWER_CHARS,
                 widget=forms.Textarea(attrs={"rows": 2}),

@@ -1,8 +1,7 @@
-"""Step 1: the consent page; agreeing assigns the arm."""
+"""Step 1: the consent page; agreeing assigns the arm, declining ends with the declined code."""
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 
 from studies.pages import at_step, closed_page, moved_on
@@ -17,17 +16,15 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
     if isinstance(participant, HttpResponse):
         return participant
     if request.method == "POST":
-        if request.POST.get("choice") != "agree":
-            return closed_page(
-                request, participant.study, _("You did not consent; you may close this page.")
-            )
+        agreed = request.POST.get("choice") == "agree"
+        act = svc.participant_consent if agreed else svc.participant_decline
         try:
-            svc.participant_consent(participant_id=participant.pk)
+            act(participant_id=participant.pk)
         except StudyActionError as exc:
             if exc.code == "wrong_step":
                 return moved_on(participant.pk)
             return closed_page(request, participant.study, exc.message)
-        return redirect("studies:brief", slug)
+        return redirect("studies:brief" if agreed else "studies:closed", slug)
     return render(
         request,
         "studies/consent.html",

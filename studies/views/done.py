@@ -29,6 +29,7 @@ def done(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 ENDED_MESSAGES = {
+    Participant.Outcome.DECLINED: _("You did not consent; you may close this page."),
     Participant.Outcome.SCREENED_OUT: _(
         "Thank you. Your answers to the check did not match the task, so this study ends here."
     ),

@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 
 from studies import selectors
+from studies.forms import FreeTextField
 from studies.pages import at_step, moved_on
 from studies.services import documents
 from studies.services import participants as svc
@@ -17,7 +18,7 @@ from studies.views.check import CheckForm
 
 class FinalForm(forms.Form):
     # Rendered by studies/_document_pane.html (autosaved like the pane beside the chat).
-    document_text = forms.CharField(
+    document_text = FreeTextField(
         label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS
     )
     document_quality = forms.TypedChoiceField(
@@ -32,12 +33,12 @@ class FinalForm(forms.Form):
         coerce=int,
         widget=forms.RadioSelect,
     )
-    strengths = forms.CharField(
+    strengths = FreeTextField(
         label=_("What did the assistant do well?"),
         max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,
     )
-    weaknesses = forms.CharField(
+    weaknesses = FreeTextField(
         label=_("What could the assistant do better?"),
         max_length=svc.MAX_ANSWER_CHARS,
         widget=forms.Textarea,

@@ -44,7 +44,8 @@ def test_a_participant_goes_through_every_step_without_a_policy_violation(
     scripted_model.replies.append("A **bold** reply with a [link](https://example.org/).")
     enter_chat(page, study, "csp1")  # the socket connects: connect-src 'self' covers ws:
     send(page, "Help me write.", replies=1)
-    page.locator('#rating button[data-score="7"]').click()
+    page.locator('#rating input[name="score"][value="7"]').check()
+    page.get_by_role("button", name="Submit rating").click()
     finish_chat(page)
     page.get_by_label("Your final document").fill("The final text.")
     page.locator('input[name="document_quality"][value="8"]').check()

@@ -105,9 +105,15 @@ def test_a_keyboard_only_prolific_participant_reaches_the_completion_redirect(
     reply = page.locator('li.message.assistant[data-status="complete"]')
     expect(reply).to_have_count(1, timeout=REPLY_TIMEOUT_MS)
 
-    # The blocking rating takes focus itself; Tab reaches any score.
+    # The blocking rating puts focus on its heading, with nothing chosen: a stray Enter records
+    # nothing. Tab enters the radio group, Space and the arrow keys choose, Submit sends.
     expect(page.locator("#rating")).to_be_visible()
-    tab_to(page, page.locator('#rating button[data-score="7"]'))
+    expect(page.locator("#rating-title")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator('#rating input[name="score"]:checked')).to_have_count(0)
+    expect(page.get_by_role("button", name="Submit rating")).to_be_disabled()
+    choose_radio(page, "score", 6)
+    tab_to(page, page.get_by_role("button", name="Submit rating"))
     page.keyboard.press("Enter")
     expect(page.locator("#rating")).to_be_hidden()
     finish = page.get_by_role("button", name="I am done chatting")

@@ -65,7 +65,8 @@ def _rate(page: Page, score: int) -> None:
     """Answer the blocking rating that replaced the composer."""
     expect(page.locator("#rating")).to_be_visible()
     expect(page.locator("#composer")).to_be_hidden()
-    page.locator(f'#rating button[data-score="{score}"]').click()
+    page.get_by_role("radio", name=str(score), exact=True).check()
+    page.get_by_role("button", name="Submit rating").click()
     expect(page.locator("#rating")).to_be_hidden()
 
 

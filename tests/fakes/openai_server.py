@@ -8,7 +8,8 @@ streams like llama-cpp-python's server (no usage chunk even when asked; counts c
 POST /extras/tokenize/count, which waits while `count_gate` is set and cleared); fake-script
 answers with the server's next scripted reply (`responder(body)`, else `script`, a list it pops
 from the front; "!500" fails that call; a reply starting "!length " streams the rest and stops
-as if cut at the token limit; fake_delay_ms spaces its words). max_tokens sets N;
+as if cut at the token limit; fake_delay_ms spaces its words, fake_first_token_delay_ms holds
+back the first). max_tokens sets N;
 extra body fields fake_delay_ms and fake_first_token_delay_ms override the delays per request.
 Benchmarks: python -m tests.fakes.openai_server --port 8090 --tokens 64 --delay-ms 5
 """
@@ -279,6 +280,10 @@ class FakeOpenAIServer:
         words = text.split(" ")
         # Only when the request asks: scripted replies otherwise arrive at once, as before.
         delay = float(body.get("fake_delay_ms", 0)) / 1000
+        first = float(body.get("fake_first_token_delay_ms", 0)) / 1000
+        if first:  # the headers are out: the client is waiting for its first token
+            await writer.drain()
+            await asyncio.sleep(first)
         for i, word in enumerate(words):
             if delay and i:
                 await writer.drain()

@@ -95,9 +95,10 @@ def test_a_replayed_consent_form_changes_nothing(client, study):
 def test_declining_consent_ends_participation_without_assignment(client, study):
     enter(client, study)
     response = client.post(url("consent", study), {"choice": "decline"})
-    assert b"did not consent" in response.content
+    assert response.url == url("closed", study)
+    assert b"did not consent" in client.get(response.url).content
     participant = Participant.objects.get(study=study)
-    assert participant.condition is None and participant.status == Participant.Status.ENTERED
+    assert participant.condition is None and participant.status == Participant.Status.DECLINED
 
 
 def test_a_topic_of_another_document_type_is_refused(client, study):

@@ -16,7 +16,7 @@ from studies.services.participants.check import (
     participant_check_comprehension,
 )
 from studies.services.participants.completion import completion_redirect
-from studies.services.participants.consent import participant_consent
+from studies.services.participants.consent import participant_consent, participant_decline
 from studies.services.participants.entry import Entry, participant_enter
 from studies.services.participants.final import FinalAnswers, participant_submit_final
 from studies.services.participants.steps import (
@@ -40,6 +40,7 @@ __all__ = [
     "participant_check_comprehension",
     "participant_choose_topic",
     "participant_consent",
+    "participant_decline",
     "participant_enter",
     "participant_finish_chat",
     "participant_step",

@@ -10,6 +10,7 @@ from studies.services.activity import activity_apply
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.participants.steps import MAX_ANSWER_CHARS, P, locked
+from studies.services.text import normalise_newlines
 from studies.services.versions import frozen_study
 
 
@@ -44,7 +45,7 @@ def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Par
         if participant.task is None:
             raise StudyActionError("no_topic", _("Please choose a topic first."))
         questions = participant.task.intent_questions
-        cleaned = [a.strip() for a in answers]
+        cleaned = [normalise_newlines(a).strip() for a in answers]
         if len(cleaned) != len(questions) or not all(cleaned):
             raise StudyActionError("incomplete", _("Please answer every question."))
         if any(len(a) > MAX_ANSWER_CHARS for a in cleaned):

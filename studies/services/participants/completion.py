@@ -11,7 +11,8 @@ def completion_redirect(participant: Participant) -> str | None:
 
     Prolific studies get Prolific's own completion address unless the study sets another; the
     code is the one for the participant's outcome (completed, screened out, failed attention
-    checks, timed out). Preview and pilot participants are never sent to a platform.
+    checks, timed out, declined consent: Prolific takes no-consent returns by code too).
+    Preview and pilot participants are never sent to a platform.
     """
     code = outcomes.outcome_code(participant)
     if code is None or participant.is_preview or participant.is_pilot:

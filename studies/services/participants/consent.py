@@ -1,4 +1,4 @@
-"""Step 1, consent: record it and assign the arm and document type."""
+"""Step 1, consent: record it and assign the arm and document type, or record the decline."""
 
 from django.db import transaction
 from django.utils import timezone
@@ -46,5 +46,25 @@ def participant_consent(*, participant_id: int) -> Participant:
                 "version": participant.config_version,
                 "entered_version": entered_version,
             },
+        )
+    return participant
+
+
+def participant_decline(*, participant_id: int) -> Participant:
+    """Record that the participant did not consent: an ending with its own code, no assignment."""
+    now = timezone.now()
+    with transaction.atomic():
+        participant = locked(participant_id, expected={P.ENTERED})
+        participant.status = P.DECLINED
+        participant.outcome = Participant.Outcome.DECLINED
+        participant.ended_at = now
+        fields = ["status", "outcome", "ended_at"]
+        fields += activity_apply(participant, signal="page", now=now)
+        participant.save(update_fields=fields)
+        event_record(
+            study_id=participant.study_id,
+            participant_id=participant.pk,
+            kind="study.participant.declined",
+            payload={"version": participant.config_version},
         )
     return participant

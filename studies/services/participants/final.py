@@ -1,7 +1,7 @@
 """Step 5, the final survey: the document, the ratings and the attention checks; completes the
 participant."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from django.db import transaction
 from django.utils import timezone
@@ -14,6 +14,7 @@ from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.participants.check import answers_wrong
 from studies.services.participants.steps import MAX_DOCUMENT_CHARS, P, locked
+from studies.services.text import normalise_newlines
 from studies.services.versions import frozen_study
 
 
@@ -33,6 +34,12 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
     Failing the attention checks still completes the participant (their data are kept); the
     outcome selects the code they are shown, and exclusion rules can mark them later.
     """
+    answers = replace(
+        answers,
+        document_text=normalise_newlines(answers.document_text),
+        strengths=normalise_newlines(answers.strengths),
+        weaknesses=normalise_newlines(answers.weaknesses),
+    )
     if len(answers.document_text) > MAX_DOCUMENT_CHARS:
         raise StudyActionError(
             "too_long",

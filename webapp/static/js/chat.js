@@ -181,6 +181,7 @@
     streaming = [...bubbles.values()].some((b) => b.status === "streaming");
     minChars = state.min_chars || 0;
     timeUp = Boolean(state.time_up);
+    const ratingWasOpen = !rating.hidden, ratingHadFocus = rating.contains(document.activeElement);
     rating.hidden = ratingDue === null || ratingDue === undefined;
     composer.hidden = !rating.hidden || state.status !== "chatting" || timeUp;
     textarea.disabled = $("send").disabled = streaming;
@@ -190,13 +191,17 @@
     if (timeUp) showTimeUp();
     showCutNotices();
     updateCount();
-    if (!rating.hidden) rating.querySelector("button").focus();
+    updateCountdown();
+    updateWriting();
+    if (!rating.hidden && !ratingWasOpen) openRating();
+    if (rating.hidden && ratingWasOpen && ratingHadFocus && !composer.hidden) textarea.focus();
   }
 
   function updateCount() {
     if (!counter) return;
+    // Only once something is typed: an empty box gets no nagging.
     const n = textarea.value.trim().length;
-    counter.textContent = minChars > n
+    counter.textContent = minChars > n && textarea.value.length > 0
       ? fmt(gettext("%(n)s characters; at least %(min)s needed."), { n: n, min: minChars }) : "";
   }
 
@@ -217,6 +222,7 @@
   function tick() {
     if (deadline === null || timeUp) return;
     const left = deadline - Date.now();
+    updateCountdown();
     if (left <= 0) { timeUp = true; send({ type: "sync" }); showTimeUp(); return; }
     if (left <= warningMs) {
       const minutes = Math.ceil(left / 60000);
@@ -336,10 +342,97 @@
   textarea.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); composer.requestSubmit(); }
   });
-  rating.addEventListener("click", (event) => {
-    const score = event.target.dataset && event.target.dataset.score;
-    if (score && ratingDue !== null) send({ type: "rating", after_turn: ratingDue, score: Number(score) });
+  // The rating: a radio group with nothing chosen, sent only by its Submit button once a value
+  // is chosen; the heading takes focus when the panel opens, so a stray Enter records nothing.
+  const ratingForm = $("rating-form"), ratingSubmit = $("rating-submit");
+  const chosenScore = () => {
+    const checked = ratingForm.querySelector('input[name="score"]:checked');
+    return checked ? Number(checked.value) : null;
+  };
+  function openRating() {
+    ratingForm.reset();
+    ratingSubmit.disabled = true;
+    $("rating-title").focus();
+  }
+  ratingForm.addEventListener("change", () => { ratingSubmit.disabled = chosenScore() === null; });
+  ratingForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const score = chosenScore();
+    if (score === null || ratingDue === null || ratingDue === undefined) {
+      alerts.textContent = gettext("Please choose a rating from 1 to 10 first.");
+      return;
+    }
+    send({ type: "rating", after_turn: ratingDue, score: score });
   });
+
+  // The countdown: mm:ss left in a role="timer" element (not a live region: screen readers are
+  // not told every second; the warning before the end is said once, in tick).
+  const countdown = $("countdown");
+  function updateCountdown() {
+    if (!countdown) return;
+    if (deadline === null || timeUp) { countdown.hidden = true; return; }
+    const seconds = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
+    const mmss = String(Math.floor(seconds / 60)).padStart(2, "0") + ":"
+      + String(seconds % 60).padStart(2, "0");
+    countdown.hidden = false;
+    say(countdown, fmt(gettext("Time left: %(time)s"), { time: mmss }));
+  }
+
+  // "The assistant is writing…" from a send until the reply's first words are on screen (or the
+  // send is refused); said once per reply to screen readers.
+  const writing = $("writing");
+  let awaitingFrom = null, writingSaid = false;
+  function assistantBubbles() {
+    return [...bubbles.values()].filter((b) => b.el.classList.contains("assistant"));
+  }
+  function updateWriting() {
+    const replies = assistantBubbles();
+    if (awaitingFrom !== null && replies.length > awaitingFrom) awaitingFrom = null;
+    const show = awaitingFrom !== null
+      || replies.some((b) => b.status === "streaming" && !b.body.textContent);
+    if (show && !writingSaid) {
+      writingSaid = true;
+      const p = document.createElement("p");
+      p.textContent = writing.textContent;
+      announcer.append(p);
+    }
+    if (!show && replies.some((b) => b.body.textContent)) writingSaid = false;
+    writing.hidden = !show;
+  }
+  composer.addEventListener("submit", () => {
+    if (pending && awaitingFrom === null) { awaitingFrom = assistantBubbles().length; updateWriting(); }
+  });
+  new MutationObserver(() => {
+    if (awaitingFrom !== null && alerts.textContent) awaitingFrom = null; // refused
+    updateWriting();
+  }).observe(alerts, { childList: true, characterData: true, subtree: true });
+
+  // Auto-scroll: the conversation follows the streaming reply until the participant scrolls up;
+  // then a button brings them back to the latest message (and following resumes).
+  const jump = $("jump");
+  let follow = true;
+  const atLatest = () => list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+  function toLatest() { list.scrollTop = list.scrollHeight; }
+  list.addEventListener("scroll", () => {
+    follow = atLatest();
+    if (follow) jump.hidden = true;
+  }, { passive: true });
+  // A wheel or key scroll up stops following at once, before the next frame can scroll back.
+  list.addEventListener("wheel", (event) => { if (event.deltaY < 0) follow = false; }, { passive: true });
+  list.addEventListener("keydown", (event) => {
+    if (["ArrowUp", "PageUp", "Home"].includes(event.key)) follow = false;
+  });
+  jump.addEventListener("click", () => {
+    follow = true;
+    toLatest();
+    jump.hidden = true;
+    list.focus({ preventScroll: true });
+  });
+  new MutationObserver(() => {
+    if (follow) toLatest();
+    else if (!atLatest()) jump.hidden = false;
+    updateWriting();
+  }).observe(list, { childList: true, characterData: true, subtree: true });
 
   ["keydown", "mousemove", "scroll", "touchstart"].forEach((e) =>
     document.addEventListener(e, () => { lastInput = Date.now(); }, { passive: true }));
