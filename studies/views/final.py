@@ -18,9 +18,7 @@ from studies.views.check import CheckForm
 
 class FinalForm(forms.Form):
     # Rendered by studies/_document_pane.html (autosaved like the pane beside the chat).
-    document_text = FreeTextField(
-        label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS
-    )
+    document_text = FreeTextField(label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS)
     document_quality = forms.TypedChoiceField(
         label=_("How good is the final document? (1 = very poor, 10 = excellent)"),
         choices=[(i, i) for i in range(1, 11)],
