@@ -60,6 +60,7 @@
     socket.onmessage = (event) => handle(JSON.parse(event.data));
     socket.onclose = (event) => {
       root.dataset.connected = "false";
+      continuing = null; // a Continue in flight may be lost: the state after reconnecting decides
       if (event.code === 4403) { location.reload(); return; }
       connection.textContent = gettext("Reconnecting… your messages are safe.");
       setTimeout(connect, retryDelay);
