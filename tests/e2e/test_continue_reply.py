@@ -110,3 +110,27 @@ def test_a_continue_lost_with_the_connection_can_be_asked_again(
     expect(continued).to_have_attribute("data-status", "complete", timeout=30_000)
     expect(continued.locator(".body")).to_contain_text("small dragon")
     assert browsing.errors == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_a_failed_continuation_left_behind_offers_no_retry_after_a_new_turn(
+    web_server, browsing, scripted_model
+):
+    page = browsing.page
+    study = scripted_study(scripted_model, min_turns=3, rating_every=0)
+    scripted_model.replies += [CUT, "!500", "Here is something else."]
+    enter_chat(page, study, "continue4")
+    send(page, "Write me a very short story please.", replies=1)
+    page.locator(".cut-notice").get_by_role("button", name="Continue", exact=True).click()
+    failed = page.locator('li.message.assistant[data-status="failed"]')
+    expect(failed.get_by_role("button", name="Retry this reply")).to_be_visible(timeout=30_000)
+    send(page, "Never mind, tell me about owls instead.", replies=2)
+    # The server only retries the last reply: the old one no longer offers it, reloaded or not.
+    expect(failed.get_by_role("button", name="Retry this reply")).to_have_count(0)
+    page.reload()
+    expect(page.locator('#chat[data-connected="true"]')).to_be_attached()
+    expect(failed).to_have_count(1)
+    expect(failed.get_by_role("button", name="Retry this reply")).to_have_count(0)
+    expect(page.locator(".cut-notice")).to_contain_text(NOTICE)  # still cut, not continued
+    assert browsing.errors == []

@@ -151,6 +151,16 @@
     });
   }
 
+  // Only the last reply can be retried (the server refuses any other): a failed continuation
+  // that a new turn left behind keeps its message but loses its button.
+  function dropStaleRetries() {
+    const replies = list.querySelectorAll("li.message.assistant");
+    const lastReply = replies[replies.length - 1];
+    list.querySelectorAll(".failure .retry").forEach((n) => {
+      if (n.closest("li") !== lastReply) n.remove();
+    });
+  }
+
   function showFailure(b, m) {
     const box = document.createElement("div");
     box.className = "failure";
@@ -190,6 +200,7 @@
       { done: state.completed_turns, min: state.min_turns });
     if (timeUp) showTimeUp();
     showCutNotices();
+    dropStaleRetries();
     updateCount();
     if (!rating.hidden) rating.querySelector("button").focus();
   }
