@@ -309,12 +309,14 @@ def join_reply_parts(parts: list[str]) -> str:
 
 
 def _later_attempt() -> Exists:
+    """A later attempt on the reply's turn, or a later turn (which a reaped continuation does
+    not block): either replaced the reply, so it is no longer completed."""
     return Exists(
         Message.objects.filter(
+            Q(turn_index=OuterRef("turn_index"), attempt__gt=OuterRef("attempt"))
+            | Q(turn_index__gt=OuterRef("turn_index")),
             participant=OuterRef("participant"),
             role=Message.Role.ASSISTANT,
-            turn_index=OuterRef("turn_index"),
-            attempt__gt=OuterRef("attempt"),
         )
     )
 

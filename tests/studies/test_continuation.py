@@ -251,3 +251,22 @@ def test_another_participants_reply_is_not_continued(chatting):
     before = snapshot(stranger)
     _refused(chatting, theirs, "not_continuable")
     assert snapshot(stranger) == before
+
+
+def test_a_reaped_continuation_that_finishes_after_a_new_turn_is_kept_not_completed(chatting):
+    cut = turn(chatting).message
+    part = continue_(chatting, cut)
+    turns.turn_fail(
+        message_id=part.pk, text="goes", kind=turns.REAPED, detail="gone", interrupted=True
+    )
+    nxt = turns.turn_start(participant_id=chatting.pk, text="Never mind.", key=new_key())
+    assert not turns.turn_checkpoint(message_id=part.pk, text="goes on")
+    outcome = finish(part, "goes on.", "stop")
+    assert outcome.superseded
+    part.refresh_from_db()
+    assert part.status == Message.Status.INTERRUPTED and part.content == "goes on."
+    # The new turn's reply was asked without that text; later turns must not see it either.
+    finish(nxt.assistant_message, "Fine.", "stop")
+    third = turns.turn_start(participant_id=chatting.pk, text="And then?", key=new_key())
+    history = generation_plan(message_id=third.assistant_message.pk).messages
+    assert "goes on." not in " ".join(m["content"] for m in history)
