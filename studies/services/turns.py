@@ -429,6 +429,8 @@ def turn_complete(
                 "turn": message.turn_index,
                 "reply": message.pk,
                 "rating_due": rating_due,
+                # A continuation completes a part of the turn's reply, not another turn.
+                **({"continues": message.continuation_of_id} if message.continuation_of_id else {}),
                 **({"after_reaped": True} if reaped else {}),
                 **({"held": True} if held else {}),
             },

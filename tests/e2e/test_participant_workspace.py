@@ -101,6 +101,7 @@ def test_a_participant_walks_the_whole_workspace(web_server, browsing, scripted_
     page.get_by_role("dialog").get_by_role("button", name="Yes, finish the chat").click()
     page.wait_for_url("**/final/")
     expect(page.locator("#transcript")).to_contain_text("and the books stayed dry")
+    expect(page.locator("#transcript li.continued .who")).to_have_text("Assistant (continued)")
     document = page.get_by_label("Your final document")
     expect(document).to_have_value(
         "Here is an opening line: the rain kept\n\n" + REST + "\nMy own ending."

@@ -88,6 +88,8 @@ def test_a_completed_continuation_sits_beside_the_reply_and_is_not_a_turn(chatti
     cut.refresh_from_db()
     assert cut.status == outcome.message.status == Message.Status.COMPLETE
     assert chat_state(participant_id=chatting.pk)["completed_turns"] == 1
+    completed = Event.objects.filter(participant=chatting, kind="study.turn.completed")
+    assert [e.payload.get("continues") for e in completed.order_by("id")] == [None, cut.pk]
 
 
 def _refused(participant, message, code):
