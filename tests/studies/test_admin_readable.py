@@ -48,8 +48,7 @@ def test_the_study_list_counts_real_pilot_and_preview_participants_apart(researc
     page = researcher.get(reverse("admin:studies_study_changelist")).content.decode()
 
     counts = [
-        _cells(page, name)
-        for name in ("n_participants", "n_completed", "n_pilot", "n_preview")
+        _cells(page, name) for name in ("n_participants", "n_completed", "n_pilot", "n_preview")
     ]
     assert counts == [["3"], ["1"], ["4"], ["2"]]
 
