@@ -178,6 +178,11 @@ class TrainingStage(models.Model):
     result = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     log = models.TextField(blank=True, help_text="The latest lines of this stage's log.")
+    curve = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Per training step: {step, loss, and for DPO rewards/margins, ...}.",
+    )
 
     class Meta:
         ordering = ["run", "position"]
