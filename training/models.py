@@ -134,7 +134,7 @@ class TrainingRun(models.Model):
     eval_tasks = models.PositiveSmallIntegerField(
         default=4,
         validators=[MaxValueValidator(1000)],
-        help_text="Held-out tasks in the benchmark.",
+        help_text="Held-out tasks in the benchmark (0 skips it; it serves the adapter with vLLM).",
     )
     output_dir = models.CharField(
         max_length=500, blank=True, help_text="Blank = under REPORTS_DIR."

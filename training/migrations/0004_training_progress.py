@@ -1,3 +1,4 @@
+import django.core.validators
 from django.db import migrations, models
 
 
@@ -12,6 +13,16 @@ class Migration(migrations.Migration):
                 blank=True,
                 default=list,
                 help_text="Per training step: {step, loss, and for DPO rewards/margins, ...}.",
+            ),
+        ),
+        migrations.AlterField(
+            model_name="trainingrun",
+            name="eval_tasks",
+            field=models.PositiveSmallIntegerField(
+                default=4,
+                help_text="Held-out tasks in the benchmark (0 skips it; it serves the adapter "
+                "with vLLM).",
+                validators=[django.core.validators.MaxValueValidator(1000)],
             ),
         ),
     ]

@@ -41,6 +41,8 @@ def run_dir(run: TrainingRun) -> Path:
 def _enabled(run: TrainingRun, name: str) -> bool:
     if name in _TRAINING_STAGES:
         return bool(run.stages.get(name, {}).get("enabled"))
+    if name == "evaluate":
+        return run.eval_tasks > 0  # 0 held-out tasks: no benchmark, so no vLLM server needed
     return True
 
 
