@@ -18,6 +18,7 @@ from studies.models import (
     Event,
     Participant,
 )
+from studies.numbers import duration_text, thousands_text
 from studies.services import (
     outcomes,
     reentry,
@@ -55,7 +56,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         "outcome",
         "document_type",
         "entered_at",
-        "active_seconds",
+        "active_time",
         "excluded_at",
         "is_pilot",
         "is_preview",
@@ -99,7 +100,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         "completed_at",
         "ended_at",
         "last_active_at",
-        "active_seconds",
+        "active_time",
         "wall_time",
         "intent",
         "transcript",
@@ -171,9 +172,13 @@ class ParticipantAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # erase_participant is the one way, and it records who and why
 
-    @admin.display(description="wall time (s)")
+    @admin.display(description="active time", ordering="active_seconds")
+    def active_time(self, obj: Participant) -> str:
+        return duration_text(obj.active_seconds)
+
+    @admin.display(description="wall time")
     def wall_time(self, obj: Participant) -> str:
-        return f"{obj.wall_seconds:.0f}" if obj.wall_seconds is not None else "-"
+        return duration_text(obj.wall_seconds)
 
     @admin.display(description="intent answers")
     def intent(self, obj: Participant) -> str:
@@ -192,7 +197,9 @@ class ParticipantAdmin(admin.ModelAdmin):
                 timing = (
                     f"{m.status}; {m.model}; {m.prompt_ref};"
                     f" ttft {m.time_to_first_token or 0:.2f}s;"
-                    f" {m.duration or 0:.1f}s; tokens {m.prompt_tokens}/{m.completion_tokens}"
+                    f" {duration_text(m.duration or 0)};"
+                    f" tokens {thousands_text(m.prompt_tokens)}"
+                    f"/{thousands_text(m.completion_tokens)}"
                     f"; finish {m.finish_reason or '-'}"
                 )
                 if m.continuation_of_id:
