@@ -167,6 +167,23 @@ def document_save(
     raise stale  # after the commit: the event keeps the refused text
 
 
+def document_final_stale(
+    *, participant: Participant, text: str, base_version: int | None
+) -> DocumentStale | None:
+    """For the final submission: the conflict when the page was edited from an older version.
+
+    Records the refused text (as document_save does) and returns the exception to raise after
+    the commit; None when the submission may go ahead (no base given, the latest, or same text).
+    Runs inside the final survey's transaction with the participant row already locked.
+    """
+    latest = document_latest(participant)
+    number = latest.number if latest else 0
+    if base_version is None or base_version == number or (latest and latest.text == text):
+        return None
+    _record_refused(participant, text, S.FINAL, base_version, number)
+    return DocumentStale(number, latest.text if latest else "")
+
+
 def document_save_final(*, participant: Participant, text: str) -> DocumentVersion | None:
     """Store the submitted document as the last version when it differs from the latest.
 

@@ -141,8 +141,22 @@
   }
   window.addEventListener("pagehide", beacon);
   document.addEventListener("visibilitychange", () => { if (document.hidden) beacon(); });
-  // The final page's form sends the text itself: no autosave may race it.
-  if (area.form) area.form.addEventListener("submit", () => { leaving = true; clearTimeout(timer); });
+  // The final page's form sends the text itself, with the version it was edited from (a newer
+  // one from another tab refuses it): no autosave may race it, and one under way is awaited
+  // (briefly) so that the version sent is the one it made.
+  // (submit(), not requestSubmit(): the form was validated, and the latter is ignored while
+  // the submit event is still being dispatched.)
+  if (area.form) {
+    area.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      leaving = true;
+      clearTimeout(timer);
+      Promise.race([chain, new Promise((ok) => setTimeout(ok, 3000))]).then(() => {
+        $("document-version").value = String(version);
+        area.form.submit();
+      });
+    });
+  }
 
   // Tabs (WAI-ARIA tabs pattern): click or arrow keys; `panels` false leaves showing to CSS.
   function tabs(list, onSelect, panels) {
@@ -269,5 +283,9 @@
     show: () => { if (showTab) showTab($("tab-document"), false); },
   };
 
+  // A final submission refused as stale comes back with the newer text: offer the choice.
+  if (conflict.dataset.newerVersion) {
+    showConflict({ version: Number(conflict.dataset.newerVersion), text: $("document-newer").textContent });
+  }
   restoreLocal();
 })();
