@@ -15,11 +15,17 @@ from studies.services.versions import frozen_study
 from studies.views.check import CheckForm
 
 
+class DocumentField(forms.CharField):
+    """Line ends as LF before the length check: a form sends the textarea with CRLF, and the
+    pane's autosave (which counts LF) has already accepted the text."""
+
+    def to_python(self, value: object) -> str:
+        return documents.normalise(super().to_python(value))
+
+
 class FinalForm(forms.Form):
     # Rendered by studies/_document_pane.html (autosaved like the pane beside the chat).
-    document_text = forms.CharField(
-        label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS
-    )
+    document_text = DocumentField(label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS)
     # The version the page's document was edited from (document.js keeps it current).
     document_version = forms.IntegerField(min_value=0, required=False, widget=forms.HiddenInput)
     document_quality = forms.TypedChoiceField(

@@ -236,3 +236,18 @@ def test_a_final_submission_on_the_latest_version_after_the_conflict_is_accepted
     assert response.url == url("done", study)
     assert participant.document_versions.order_by("-number").first().text == "Draft."
     assert participant.document_versions.last().source == "final"
+
+
+def test_a_document_at_the_limit_saved_by_the_pane_can_be_handed_in_as_browsers_send_it(
+    client, study
+):
+    participant = to_chat(client, study)
+    finish_turns(participant, study.min_turns)
+    text = ("w" * 99 + "\n") * (documents.MAX_DOCUMENT_CHARS // 100)
+    assert post(client, study, text, 0).status_code == 200
+    client.post(url("finish", study))
+    as_sent = text.strip().replace("\n", "\r\n")  # a form's textarea is sent with CRLF line ends
+    response = client.post(url("final", study), final_answers(as_sent, 1))
+    assert response.status_code == 302
+    participant.refresh_from_db()
+    assert participant.final_survey.document_text == text.strip()
