@@ -8,8 +8,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from studies.models import FinalSurvey, Participant
+from studies.services import documents  # the module: documents imports this package first
 from studies.services.activity import activity_apply
-from studies.services.documents import document_final_stale, document_save_final, normalise
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.participants.check import answers_wrong
@@ -43,10 +43,10 @@ def participant_submit_final(
             _("The document is limited to %(max_document_chars)s characters.")
             % {"max_document_chars": MAX_DOCUMENT_CHARS},
         )
-    text = normalise(answers.document_text)
+    text = documents.normalise(answers.document_text)
     with transaction.atomic():
         participant = locked(participant_id, step="final")  # late submissions included
-        stale = document_final_stale(
+        stale = documents.document_final_stale(
             participant=participant, text=text, base_version=document_version
         )
         if stale is None:
@@ -65,7 +65,7 @@ def _complete(participant: Participant, answers: FinalAnswers, text: str) -> Non
     survey = asdict(answers)
     attention = survey.pop("attention")
     survey["document_text"] = text
-    document_save_final(participant=participant, text=text)
+    documents.document_save_final(participant=participant, text=text)
     FinalSurvey.objects.create(
         participant=participant,
         **survey,
