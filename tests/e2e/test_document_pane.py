@@ -212,3 +212,35 @@ def test_a_final_page_left_behind_by_another_tab_is_not_submitted_over_its_text(
     participant.refresh_from_db()
     assert participant.final_survey.document_text == "My draft. Finished in the other tab."
     assert participant.document_versions.last().text == "My draft. Finished in the other tab."
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_an_insert_whose_save_failed_is_still_recorded_as_the_insert_of_its_reply(
+    web_server, browsing, scripted_model
+):
+    study = scripted_study(scripted_model)
+    scripted_model.replies.append(REPLY)
+    page = browsing.page
+    enter_chat(page, study, "doc4")
+    send(page, "Give me a title for a post about reading.", replies=1)
+    participant = Participant.objects.get(study=study, external_id="prolific:doc4")
+    reply = Message.objects.get(participant=participant, role="assistant")
+    dropped = []
+
+    def drop_the_first_insert(route):
+        if not dropped and "inserted" in (route.request.post_data or ""):
+            dropped.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/document/", drop_the_first_insert)
+    page.get_by_role("button", name="Insert into document").click()
+    expect(page.locator("#document-status")).to_contain_text("no connection")
+    type_at_end(page, " And mine.")  # typing before the retry must not hide the insert
+    saved(page)
+    assert dropped
+    rows = list(participant.document_versions.order_by("number"))
+    assert rows[0].source == "inserted" and rows[0].from_message_id == reply.pk
+    assert rows[-1].text == REPLY + " And mine."
