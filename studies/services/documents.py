@@ -56,8 +56,12 @@ def document_latest(participant: Participant) -> DocumentVersion | None:
     return participant.document_versions.order_by("-number").first()
 
 
-def document_preview(text: str) -> str:
-    """The document as sanitised HTML, the same Markdown and sanitiser as replies (not cached)."""
+def document_preview(*, participant_id: int, text: str) -> str:
+    """The document as sanitised HTML, the same Markdown and sanitiser as replies (not cached).
+
+    Counted like saves (a long text costs a fraction of a second to render): StudyActionError
+    past the bound."""
+    _count_save(participant_id, "preview")
     return render_markdown.__wrapped__(normalise(text)[:MAX_DOCUMENT_CHARS])
 
 
@@ -70,8 +74,12 @@ def _check_size(text: str) -> None:
         )
 
 
-def _count_save(participant_id: int) -> None:
-    key = f"{KEY_PREFIX}:{participant_id}"
+def _count_save(participant_id: int, what: str = "save") -> None:
+    key = (
+        f"{KEY_PREFIX}:{participant_id}"
+        if what == "save"
+        else f"{KEY_PREFIX}:{what}:{participant_id}"
+    )
     try:
         pipe = redis_client(REDIS_TIMEOUT).pipeline()
         pipe.set(key, 0, ex=WINDOW_SECONDS, nx=True)

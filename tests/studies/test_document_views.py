@@ -117,6 +117,14 @@ def test_the_preview_renders_sanitised_markdown(client, study):
     assert "<strong>bold</strong>" in html and "<script>" not in html
 
 
+def test_previews_beyond_the_rate_bound_answer_429(client, study, monkeypatch):
+    to_chat(client, study)
+    monkeypatch.setattr(documents, "SAVES_PER_WINDOW", 2)
+    answers = [client.post(url("document_preview", study), {"text": "x" * 1000}) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert answers[-1].json()["message"] and "html" not in answers[-1].json()
+
+
 def test_the_preview_needs_the_session(study):
     response = Client().post(url("document_preview", study), {"text": "x"})
     assert response.status_code == 403
