@@ -156,7 +156,7 @@
       event.preventDefault();
       leaving = true;
       clearTimeout(timer);
-      Promise.race([chain, new Promise((ok) => setTimeout(ok, 3000))]).then(() => {
+      Promise.race([chain.catch(() => {}), new Promise((ok) => setTimeout(ok, 3000))]).then(() => {
         $("document-version").value = String(version);
         area.form.submit();
       });
