@@ -2,8 +2,10 @@
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
 
+from studies.models import Participant
 from studies.pages import at_step, closed_page, moved_on
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
@@ -16,7 +18,12 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
     if isinstance(participant, HttpResponse):
         return participant
     if request.method == "POST":
-        agreed = request.POST.get("choice") == "agree"
+        choice = request.POST.get("choice")
+        if choice not in ("agree", "decline"):
+            # Declining ends the participation for good: never read it into a missing answer.
+            error = _("Please choose one of the two buttons below.")
+            return _page(request, participant, error, status=400)
+        agreed = choice == "agree"
         act = svc.participant_consent if agreed else svc.participant_decline
         try:
             act(participant_id=participant.pk)
@@ -25,8 +32,11 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
                 return moved_on(participant.pk)
             return closed_page(request, participant.study, exc.message)
         return redirect("studies:brief" if agreed else "studies:closed", slug)
-    return render(
-        request,
-        "studies/consent.html",
-        {"participant": participant, "study": frozen_study(participant)},
-    )
+    return _page(request, participant)
+
+
+def _page(
+    request: HttpRequest, participant: Participant, error: str | None = None, status: int = 200
+) -> HttpResponse:
+    context = {"participant": participant, "study": frozen_study(participant), "error": error}
+    return render(request, "studies/consent.html", context, status=status)

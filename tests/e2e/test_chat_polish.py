@@ -56,6 +56,24 @@ def test_the_rating_opens_with_nothing_chosen_and_a_stray_enter_records_nothing(
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(120)
+def test_a_double_click_on_submit_rating_records_once_and_shows_no_error(
+    web_server, browsing, scripted_model
+):
+    page = browsing.page
+    study = scripted_study(scripted_model, min_turns=2, rating_every=1)
+    enter_chat(page, study, "rate2")
+    send(page, "Help me write.", replies=1)
+    page.get_by_role("radio", name="7", exact=True).check()
+    page.get_by_role("button", name="Submit rating").dblclick()
+    expect(page.locator("#rating")).to_be_hidden()
+    expect(page.locator("#composer")).to_be_visible()
+    page.wait_for_timeout(500)  # an answer to a second frame would have arrived by now
+    expect(page.locator("#alerts")).to_be_empty()
+    assert list(TurnRating.objects.values_list("score", flat=True)) == [7]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
 def test_the_writing_indicator_shows_from_send_until_the_first_token(
     web_server, browsing, scripted_model
 ):

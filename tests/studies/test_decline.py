@@ -142,3 +142,15 @@ def test_the_code_page_of_a_declined_participant_offers_no_resume_code(client, s
     decline(client, study)
     page = client.get(url("closed", study)).content.decode()
     assert "resume code" not in page.lower()
+
+
+@pytest.mark.parametrize("data", [{}, {"choice": ""}, {"choice": "maybe"}])
+def test_a_consent_post_without_a_choice_is_refused_and_records_nothing(client, study, data):
+    enter(client, study, **prolific())
+    before = Event.objects.count()
+    response = client.post(url("consent", study), data)
+    assert response.status_code == 400
+    assert "I agree" in response.content.decode()
+    participant = Participant.objects.get(study=study)
+    assert (participant.status, participant.outcome) == (P.ENTERED, "")
+    assert Event.objects.count() == before

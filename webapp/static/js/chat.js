@@ -262,6 +262,7 @@
         deadline = Date.now() + 1000 * f.seconds_left;
         warningMs = 1000 * (f.warning_seconds || 0);
       }
+      ratingSent = false; // a rating still due in a fresh state was not stored (or lost offline)
       setControls(f);
     } else if (f.type === "ack") {
       if (pending && pending.key === f.key) { pending = null; textarea.value = ""; clearDraft(); }
@@ -328,6 +329,7 @@
       send({ type: "sync" });
     } else if (f.type === "error") {
       alerts.textContent = f.message;
+      ratingSent = false; // refused: may try again
       if (continuing !== null) { continuing = null; send({ type: "sync" }); } // refused: fresh state
       if (pending && f.key === pending.key) { pending = null; saveDraft(); } // refused: kept in the box
     }
@@ -357,6 +359,7 @@
   // The rating: a radio group with nothing chosen, sent only by its Submit button once a value
   // is chosen; the heading takes focus when the panel opens, so a stray Enter records nothing.
   const ratingForm = $("rating-form"), ratingSubmit = $("rating-submit");
+  let ratingSent = false;
   const chosenScore = () => {
     const checked = ratingForm.querySelector('input[name="score"]:checked');
     return checked ? Number(checked.value) : null;
@@ -374,6 +377,10 @@
       alerts.textContent = gettext("Please choose a rating from 1 to 10 first.");
       return;
     }
+    // Once: a second click would be refused as "no rating due". Not by disabling the button,
+    // which would drop the focus that setControls hands on to the composer.
+    if (ratingSent) return;
+    ratingSent = true;
     send({ type: "rating", after_turn: ratingDue, score: score });
   });
 

@@ -229,7 +229,9 @@
     new MutationObserver(() => {
       if (rating.hidden || workspace.dataset.tab !== "document") return;
       showTab($("tab-chat"), false);
-      rating.querySelector("button").focus();
+      // The heading, as chat.js does when it opens the rating: nothing is chosen, and the first
+      // button in the panel is now its (disabled) Submit, which cannot take focus.
+      $("rating-title").focus();
     }).observe(rating, { attributes: true, attributeFilter: ["hidden"] });
   }
 
