@@ -102,7 +102,9 @@ def start_model_server(stack: ExitStack, env: Env) -> list[Child]:
 
     started = time.monotonic()
     port = free_port(8081)
-    command = llama_server_command(port=port)
+    # SmolLM2 takes 8192 tokens; at llama.cpp's 2048 a pilot's eight-turn chat outgrew the window
+    # ("Requested tokens (2119) exceed context window") and its replies failed.
+    command = llama_server_command(port=port, n_ctx=8192)
     server = spawn("model", command, log_path=LOGS / "model.log", env=env)
     stack.callback(server.stop)
     base_url = f"http://127.0.0.1:{port}/v1"
