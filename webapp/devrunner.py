@@ -25,6 +25,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from webapp.demoenv import remove_demo_env, write_demo_env
 from webapp.devservices import (
     LOCAL,
     ROOT,
@@ -46,6 +47,19 @@ LOCAL_HTTP_ENV = {
     "DJANGO_SECURE_SSL_REDIRECT": "false",
     "DJANGO_HSTS_SECONDS": "0",
 }
+
+# What manage.py in another terminal needs to reach the running demo (webapp/demoenv.py).
+DEMO_ENV_FILE = LOCAL / "demo.env"
+DEMO_ENV_NAMES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "MODEL_BASE_URL",
+    "MODEL_NAME",
+    "SITE_URL",
+    "DJANGO_SECRET_KEY",
+    "DJANGO_SECRET_KEY_FILE",
+    *LOCAL_HTTP_ENV,
+)
 
 Env = dict[str, str]
 
@@ -88,7 +102,9 @@ def start_model_server(stack: ExitStack, env: Env) -> list[Child]:
 
     started = time.monotonic()
     port = free_port(8081)
-    command = llama_server_command(port=port)
+    # SmolLM2 takes 8192 tokens; at llama.cpp's 2048 a pilot's eight-turn chat outgrew the window
+    # ("Requested tokens (2119) exceed context window") and its replies failed.
+    command = llama_server_command(port=port, n_ctx=8192)
     server = spawn("model", command, log_path=LOGS / "model.log", env=env)
     stack.callback(server.stop)
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -172,6 +188,15 @@ def demo_env(env: Env) -> None:
     if not env.get("DJANGO_SECRET_KEY") and not env.get("DJANGO_SECRET_KEY_FILE"):
         env["DJANGO_SECRET_KEY_FILE"] = str(secret_key_file())
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Set when started as `manage.py demo`; the demo's own processes get everything directly.
+    env.pop("DJANGO_DEMO_ENV_FILE", None)
+
+
+def leave_demo_env(stack: ExitStack, env: Env) -> None:
+    """Write DEMO_ENV_FILE for manage.py in other terminals; remove it when the demo stops."""
+    values = {name: env[name] for name in DEMO_ENV_NAMES if env.get(name)}
+    write_demo_env(DEMO_ENV_FILE, values, pid=os.getpid())
+    stack.callback(remove_demo_env, DEMO_ENV_FILE, pid=os.getpid())
 
 
 def prepare_database(env: Env) -> str:
@@ -249,6 +274,7 @@ def run_demo(stack: ExitStack, env: Env, args: Sequence[str]) -> int:
     children = start_services(stack, env, model=True)
     password = prepare_database(env)
     base, web_and_worker = start_web_and_worker(stack, env)
+    leave_demo_env(stack, env)
     say(f"ready in {time.monotonic() - started:.1f}s")
     print(
         "\n"
@@ -256,6 +282,7 @@ def run_demo(stack: ExitStack, env: Env, args: Sequence[str]) -> int:
         f"    {base}/s/{DEMO_STUDY}/?pid=demo-{secrets.token_hex(3)}\n"
         f"  Admin: {base}/admin/  username: admin  password: {password}\n"
         f"  Web and worker output is shown here, prefixed; all logs are in {LOGS}/\n"
+        f"  In another terminal, `python manage.py ...` uses this demo (.venv/bin/activate first)\n"
         f"  Ctrl-C stops everything.\n",
         flush=True,
     )

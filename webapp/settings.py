@@ -5,18 +5,36 @@ accept a `<NAME>_FILE` variant pointing at a file (django-environ's FileAwareEnv
 """
 
 import hashlib
+import os
 from pathlib import Path
 
 import environ
+
+from webapp.demoenv import DemoEnvError, read_demo_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.FileAwareEnv()
 
+# Development: manage.py names the file `make demo` leaves while it runs (.local/demo.env), so
+# commands in another terminal reach the running demo's database, Redis, model and secret key.
+# The process environment wins over the file. A process told DJANGO_DEBUG=false (production)
+# never reads it; uvicorn, Celery and pytest are not started through manage.py and leave it unset.
+_DEMO_ENV_FILE = env.str("DJANGO_DEMO_ENV_FILE", default="")
+if _DEMO_ENV_FILE and env.bool("DJANGO_DEBUG", default=True):
+    try:
+        for _name, _value in read_demo_env(Path(_DEMO_ENV_FILE)).items():
+            os.environ.setdefault(_name, _value)
+    except DemoEnvError as exc:
+        raise environ.ImproperlyConfigured(str(exc)) from exc
+
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="" if not DEBUG else "insecure-dev-only-key")
 if not SECRET_KEY:
-    raise environ.ImproperlyConfigured("Set DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE).")
+    raise environ.ImproperlyConfigured(
+        "Set DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE), or start `make demo` first: while it "
+        "runs, manage.py uses its settings."
+    )
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
