@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from studies.models import Study
-from studies.services import endpoints, housekeeping, reports, turns
+from studies.services import endpoints, housekeeping, jobs, reports, turns
 
 
 @shared_task
@@ -41,3 +41,9 @@ def export_study_task(study_id: int, fmt: str = "parquet", include_pilot: bool =
 def check_endpoint_health() -> dict[str, str]:
     """Check the model endpoints of live studies and record their health (beat: every 60 s)."""
     return endpoints.endpoints_check_live()
+
+
+@shared_task
+def recover_interrupted_jobs() -> dict[str, list[int]]:
+    """Mark report and pilot runs whose worker is gone as interrupted (beat; at worker start)."""
+    return jobs.recover_interrupted(workers=jobs.worker_task_ids(), broker=jobs.broker_task_ids())

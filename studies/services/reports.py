@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from celery.utils import uuid
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from studies.models import ReportRun, Study
 from studies.services.exports import ExportError, ExportResult, Progress, export_study, zip_folder
+from studies.services.jobs import JobCancelled, JobStateError, job_check_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +110,32 @@ def latest_report_run(study: Study) -> ReportRun | None:
     return ReportRun.objects.filter(study=study).order_by("-created_at", "-id").first()
 
 
+def report_run_queue(run: ReportRun) -> ReportRun:
+    """Send the run's task once the transaction commits, under a task id kept on the row."""
+    from studies import tasks  # tasks import this module
+
+    task_id = uuid()
+    ReportRun.objects.filter(pk=run.pk).update(task_id=task_id)
+    run.task_id = task_id
+    transaction.on_commit(lambda: tasks.build_study_report.apply_async((run.pk,), task_id=task_id))
+    return run
+
+
+def report_run_retry(*, run_id: int) -> ReportRun:
+    """Queue an interrupted, cancelled or failed run again; it starts over in its folder."""
+    with transaction.atomic():
+        run = ReportRun.objects.select_for_update().get(pk=run_id)
+        if run.status in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING, ReportRun.Status.DONE):
+            raise JobStateError(f"{run} is {run.status}: nothing to retry")
+        run.status, run.cancel_requested, run.progress, run.step = "queued", False, 0.0, ""
+        run.error, run.finished_at = "", None
+        run.save()
+        return report_run_queue(run)
+
+
 def _progress_writer(run_id: int) -> Progress:
-    """Progress saved on the run at most once a second, and whenever the step changes."""
+    """Progress saved on the run at most once a second, and whenever the step changes; between
+    writes the run's cancel flag is read (a safe point: the export and the statistics stop)."""
     last_at, last_step = 0.0, ""
 
     def write(fraction: float, step: str) -> None:
@@ -117,7 +144,10 @@ def _progress_writer(run_id: int) -> Progress:
         if now - last_at < PROGRESS_EVERY_SECONDS and kind == last_step:
             return
         last_at, last_step = now, kind
-        ReportRun.objects.filter(pk=run_id).update(progress=round(fraction, 4), step=step[:200])
+        ReportRun.objects.filter(pk=run_id).update(
+            progress=round(fraction, 4), step=step[:200], heartbeat_at=timezone.now()
+        )
+        job_check_cancel(ReportRun, run_id)
 
     return write
 
@@ -125,12 +155,12 @@ def _progress_writer(run_id: int) -> Progress:
 def report_run_execute(*, run_id: int) -> ReportRun:
     """Export and analyse for a queued run; a finished run is left as it is (idempotent)."""
     run = ReportRun.objects.select_related("study").get(pk=run_id)
-    if run.status in (ReportRun.Status.DONE, ReportRun.Status.FAILED):
-        return run
+    if run.status not in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING):
+        return run  # finished, cancelled or interrupted: a late or repeated delivery
     out = report_run_dir(run)
     ReportRun.objects.filter(pk=run.pk).update(
         status=ReportRun.Status.RUNNING, started_at=timezone.now(), out_dir=str(out),
-        progress=0.0, step="exporting", error="",
+        progress=0.0, step="exporting", error="", heartbeat_at=timezone.now(),
     )  # fmt: skip
     try:
         result = analyze_study(
@@ -143,6 +173,12 @@ def report_run_execute(*, run_id: int) -> ReportRun:
             workers=1,  # inside a worker: no forking
         )
         zip_folder(result.export.path, out / "export.zip")
+    except JobCancelled:
+        # A half-built report is of no use: its folder goes, the row says it was cancelled.
+        shutil.rmtree(out, ignore_errors=True)
+        ReportRun.objects.filter(pk=run.pk).update(
+            status=ReportRun.Status.CANCELLED, finished_at=timezone.now(), out_dir=""
+        )
     except Exception as exc:
         logger.exception("report run %s of %s failed", run.pk, run.study.slug)
         ReportRun.objects.filter(pk=run.pk).update(
