@@ -141,18 +141,32 @@ CELERY_TASK_ROUTES = {
 # A row still `running` or `queued` with no heartbeat for this long, and no worker holding its
 # task, is shown as interrupted with a retry (studies/services/jobs.py).
 JOB_STALE_MINUTES = env.int("JOB_STALE_MINUTES", default=10)
+# How often beat sends each housekeeping task (seconds; the beat-lag test sets a few).
+HOUSEKEEPING_EVERY_SECONDS = env.float("HOUSEKEEPING_EVERY_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
-    "reap-stale-replies": {"task": "studies.tasks.reap_stale_replies", "schedule": 60.0},
-    "time-out-participants": {"task": "studies.tasks.time_out_participants", "schedule": 60.0},
+    "reap-stale-replies": {
+        "task": "studies.tasks.reap_stale_replies",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
+    "time-out-participants": {
+        "task": "studies.tasks.time_out_participants",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
     "abandon-stale-participants": {
         "task": "studies.tasks.abandon_stale_participants",
-        "schedule": 60.0,
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
     },
-    "check-endpoint-health": {"task": "studies.tasks.check_endpoint_health", "schedule": 60.0},
-    "recover-stale-training": {"task": "training.tasks.recover_stale_stages", "schedule": 60.0},
+    "check-endpoint-health": {
+        "task": "studies.tasks.check_endpoint_health",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
+    "recover-stale-training": {
+        "task": "training.tasks.recover_stale_stages",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
     "recover-interrupted-jobs": {
         "task": "studies.tasks.recover_interrupted_jobs",
-        "schedule": 60.0,
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
     },
 }
 

@@ -60,12 +60,12 @@ def job_cancel(model: type[Model], pk: int) -> str:
 
 
 def worker_task_ids() -> set[str] | None:
-    """Ids of the tasks the workers are running or hold; None when no worker answers."""
-    inspect = current_app.control.inspect(timeout=1.0)
-    replies = [inspect.active(), inspect.reserved()]
-    if all(reply is None for reply in replies):
+    """Ids of the tasks the workers are running; None when no worker answers. (Tasks a worker
+    has prefetched are still in the broker's unacked set: `broker_task_ids` has them.)"""
+    reply = current_app.control.inspect(timeout=1.0).active()
+    if reply is None:
         return None
-    return {task["id"] for reply in replies for tasks in (reply or {}).values() for task in tasks}
+    return {task["id"] for tasks in reply.values() for task in tasks}
 
 
 def broker_task_ids() -> set[str]:

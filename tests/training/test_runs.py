@@ -178,7 +178,7 @@ def test_a_failed_stage_shows_why_fails_the_run_and_can_be_retried(
     assert "no-such-model" in sft.error
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
-    with pytest.raises(runs.RunStateError, match="only a failed stage"):
+    with pytest.raises(runs.RunStateError, match="only a failed, cancelled or interrupted stage"):
         runs.stage_retry(stage_id=_stage(run, "collect").pk)
     with django_capture_on_commit_callbacks() as queued:
         runs.stage_retry(stage_id=sft.pk)
