@@ -199,6 +199,12 @@ URLS: dict[str, Case] = {
         "get", lambda w: {"study_id": w.study.pk, "run_id": w.report.pk, "name": "summary.json"},
         {}, EXPORT, 200,
     ),
+    "studies_study_report_cancel": (
+        "post", lambda w: {"study_id": w.study.pk, "run_id": w.report.pk}, {}, EXPORT, 302,
+    ),
+    "studies_study_report_retry": (
+        "post", lambda w: {"study_id": w.study.pk, "run_id": w.report.pk}, {}, EXPORT, 302,
+    ),
     "studies_study_report_export": (
         "get", lambda w: {"study_id": w.study.pk, "name": w.export_name}, {}, EXPORT, 200,
     ),
@@ -217,6 +223,7 @@ URLS: dict[str, Case] = {
         "get", lambda w: {"run_id": w.run.pk}, {}, ("training.view_trainingrun",), 200,
     ),
     "training_trainingrun_start": ("post", lambda w: {"run_id": w.run.pk}, {}, TRAIN, 302),
+    "training_trainingrun_cancel": ("post", lambda w: {"run_id": w.run.pk}, {}, TRAIN, 302),
     "training_trainingrun_retry": ("post", lambda w: {"stage_id": w.stage.pk}, {}, TRAIN, 302),
     **_model_urls("checkpoint", lambda w: w.checkpoint, app="training"),
     "training_checkpoint_add_to_study": (
