@@ -1,5 +1,26 @@
 import django.db.models.deletion
+from django.contrib.auth.management import create_permissions
 from django.db import migrations, models
+
+
+def study_admins_get_pilot_run_permissions(apps, schema_editor):
+    """Study admins hold every permission of the app (0006): add the new model's."""
+    using = schema_editor.connection.alias
+    config = apps.get_app_config("studies")
+    # Historical app configs have no models_module, which create_permissions requires.
+    stub = getattr(config, "models_module", None) is None
+    if stub:
+        config.models_module = True
+    create_permissions(config, verbosity=0, using=using, apps=apps)
+    if stub:
+        config.models_module = None
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    granted = Permission.objects.using(using).filter(
+        content_type__app_label="studies", content_type__model="pilotrun"
+    )
+    for group in Group.objects.using(using).filter(name="Study admin"):
+        group.permissions.add(*granted)
 
 
 class Migration(migrations.Migration):
@@ -101,4 +122,5 @@ class Migration(migrations.Migration):
                 "ordering": ["study", "-created_at", "-id"],
             },
         ),
+        migrations.RunPython(study_admins_get_pilot_run_permissions, migrations.RunPython.noop),
     ]

@@ -90,10 +90,12 @@ def stale_filter(
     cutoff = now - timedelta(minutes=settings.JOB_STALE_MINUTES)
     stale = Q(status="running") & (Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True))
     queued_long = Q(status="queued") & Q(**{f"{queued_since}__lt": now - QUEUED_GRACE})
+    # A row run inline (a command, a test: no task id) has only its heartbeat to go by.
+    sent = ~Q(task_id="")
     if workers is not None:
-        stale |= Q(status="running") & ~Q(task_id__in=workers)
+        stale |= Q(status="running") & sent & ~Q(task_id__in=workers)
     held = broker | (workers or set())
-    return stale | (queued_long & ~Q(task_id__in=held))
+    return stale | (queued_long & sent & ~Q(task_id__in=held))
 
 
 def _interrupt(rows: QuerySet, now) -> list[int]:
