@@ -9,13 +9,18 @@ import re
 import signal
 import subprocess
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
+from studies.models import PilotRun, ReportRun
 from tests.e2e import conftest as e2e
+from tests.factories import ModelEndpointFactory, StudyFactory
+from training.models import TrainingRun, TrainingStage
+from training.services import runs
 from webapp import devrunner
 from webapp.celery import app
 
@@ -74,6 +79,10 @@ def _times(log: Path, pattern: str) -> list[datetime]:
 @pytest.fixture
 def demo_workers(tmp_path):
     """The demo's workers (webapp/devrunner.py), beat every EVERY seconds, on the test database."""
+    yield from _workers(tmp_path, devrunner.WORKER_QUEUES)
+
+
+def _workers(tmp_path, groups):
     db = settings.DATABASES["default"]
     options = {k: v for k, v in (db.get("OPTIONS") or {}).items() if k != "pool"}
     env = e2e._server_env() | {
@@ -85,7 +94,7 @@ def demo_workers(tmp_path):
         for queue in {q for _, queues in devrunner.WORKER_QUEUES for q in queues.split(",")}:
             connection.default_channel.queue_purge(queue)
     procs, logs = [], {}
-    for name, queues in devrunner.WORKER_QUEUES:
+    for name, queues in groups:
         command = devrunner.worker_command(name, queues)
         command = [c.replace(str(devrunner.LOCAL), str(tmp_path)) for c in command]
         command += ["-I", "tests.webapp.slow_job", "--without-gossip", "--without-mingle"]
@@ -151,3 +160,56 @@ def test_beat_tasks_keep_their_schedule_while_a_pilot_a_report_and_a_training_st
         f"\nbeat every {EVERY:g}s, three long jobs running: {len(runs)} runs of reap-stale-replies,"
     )
     print(f"largest gap {max(gaps):.2f}s (lag {max(gaps) - EVERY:.2f}s)")
+
+
+def _until(check, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_jobs_left_running_or_queued_by_a_dead_worker_are_interrupted_when_a_worker_starts(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    study = StudyFactory()
+    now = timezone.now()
+    # As a shutdown leaves them: a report and a pilot running (fresh heartbeats) and a training
+    # stage running, under task ids no worker holds any more, and a report queued whose message
+    # went with a Redis that kept nothing.
+    report = ReportRun.objects.create(
+        study=study, status="running", task_id="dead-1", heartbeat_at=now
+    )
+    lost = ReportRun.objects.create(study=study, status="queued", task_id="lost-1")
+    ReportRun.objects.filter(pk=lost.pk).update(created_at=now - timedelta(minutes=5))
+    pilot = PilotRun.objects.create(
+        study=study, participants=3, status="running", task_id="dead-2", heartbeat_at=now
+    )
+    run = TrainingRun.objects.create(
+        name="r", base_model="/m", policy_endpoint=ModelEndpointFactory()
+    )
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    stage = run.stage_rows.get(name="collect")
+    TrainingStage.objects.filter(pk=stage.pk).update(status="running", heartbeat_at=now)
+
+    worker = _workers(tmp_path, devrunner.WORKER_QUEUES[:1])  # only housekeeping, with beat
+    logs = next(worker)
+    try:
+        _wait_ready(logs)
+        interrupted = _until(
+            lambda: (
+                ReportRun.objects.filter(status="interrupted").count() == 2
+                and PilotRun.objects.get(pk=pilot.pk).status == "interrupted"
+                and TrainingStage.objects.get(pk=stage.pk).status == "interrupted"
+            )
+        )
+        assert interrupted, e2e._tail(logs["housekeeping"])
+    finally:
+        next(worker, None)
+    assert TrainingRun.objects.get(pk=run.pk).status == "interrupted"
+    assert ReportRun.objects.get(pk=report.pk).finished_at is not None
