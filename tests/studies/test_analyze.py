@@ -185,7 +185,11 @@ def test_the_build_report_action_queues_a_run_after_commit(
     researcher, world, monkeypatch, django_capture_on_commit_callbacks
 ):
     queued = []
-    monkeypatch.setattr(tasks.build_study_report, "delay", lambda run_id: queued.append(run_id))
+
+    def sent(args, task_id):
+        queued.append((*args, task_id))
+
+    monkeypatch.setattr(tasks.build_study_report, "apply_async", sent)
     with django_capture_on_commit_callbacks(execute=True):
         response = researcher.post(
             reverse("admin:studies_study_changelist"),
@@ -193,7 +197,8 @@ def test_the_build_report_action_queues_a_run_after_commit(
         )
     assert response.status_code == 302
     run = ReportRun.objects.get()
-    assert queued == [run.pk] and run.status == "queued" and run.created_by == "researcher"
+    assert queued == [(run.pk, run.task_id)] and run.task_id  # the id recovery looks for
+    assert run.status == "queued" and run.created_by == "researcher"
 
 
 def test_the_report_page_polls_while_the_run_builds(researcher, world):
