@@ -620,7 +620,12 @@ class Event(models.Model):
 
 
 class ReportRun(models.Model):
-    """One export-and-analysis run of a study, built by a Celery task; the admin shows the last."""
+    """One export-and-analysis run of a study (or, kind "export", a background export into a
+    zip), done by a Celery task; the admin shows the last of each."""
+
+    class Kind(models.TextChoices):
+        REPORT = "report"
+        EXPORT = "export"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -631,6 +636,8 @@ class ReportRun(models.Model):
         INTERRUPTED = "interrupted"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="report_runs")
+    kind = models.CharField(max_length=6, choices=Kind.choices, default=Kind.REPORT)
+    export_format = models.CharField(max_length=10, blank=True, help_text="Exports: csv, parquet.")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     cancel_requested = models.BooleanField(default=False)
     task_id = models.CharField(max_length=50, blank=True)

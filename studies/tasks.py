@@ -2,7 +2,6 @@
 
 from celery import shared_task
 
-from studies.models import Study
 from studies.services import endpoints, housekeeping, jobs, reports, turns
 
 
@@ -31,10 +30,9 @@ def build_study_report(run_id: int) -> str:
 
 
 @shared_task
-def export_study_task(study_id: int, fmt: str = "parquet", include_pilot: bool = False) -> str:
-    """Export a large study into REPORTS_DIR as a zip (pseudonymised ids); returns its path."""
-    study = Study.objects.get(pk=study_id)
-    return str(reports.export_for_download(study, fmt=fmt, include_pilot=include_pilot))
+def export_run(run_id: int) -> str:
+    """Export a study into REPORTS_DIR as a zip for a queued ReportRun of kind export."""
+    return reports.export_run_execute(run_id=run_id).status
 
 
 @shared_task

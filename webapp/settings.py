@@ -134,7 +134,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
 CELERY_TASK_ROUTES = {
     "studies.tasks.build_study_report": {"queue": "reports"},
-    "studies.tasks.export_study_task": {"queue": "reports"},
+    "studies.tasks.export_run": {"queue": "reports"},
     "studies.pilot.tasks.run_pilot": {"queue": "pilots"},
     "training.tasks.run_training_stage": {"queue": "training"},
 }

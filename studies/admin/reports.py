@@ -95,6 +95,7 @@ def report_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResp
         and run.status in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING),
         "percent": round((run.progress if run else 0) * 100),
         "exports": [p.name for p in reports.export_zips(study)],
+        "export_runs": reports.export_runs_shown(study),
         "can_build": may_export(model_admin, request, study),
         "arms": list(study.conditions.values_list("key", flat=True)),
     }
@@ -166,6 +167,12 @@ def queue_report(
     return run
 
 
+def queue_export(request: HttpRequest, study: Study, *, fmt: str = "parquet") -> ReportRun:
+    """Queue a background export (pseudonymised ids) as an export run of the study."""
+    run = reports.export_run_create(study_id=study.pk, fmt=fmt, by=request.user.get_username())
+    return reports.report_run_queue(run)
+
+
 def _run_file(run: ReportRun, *parts: str) -> Path:
     base = Path(run.out_dir).resolve()
     target = base.joinpath(*parts).resolve()
@@ -201,7 +208,7 @@ def report_file(
 
 @require_GET
 def export_file(request: HttpRequest, study_id: int, name: str, *, model_admin) -> FileResponse:
-    """A zipped export made in the background (export_study_task)."""
+    """A zipped export made in the background (an export run, studies.tasks.export_run)."""
     study = _study(request, study_id, model_admin)
     found = {p.name: p for p in reports.export_zips(study)}
     if name not in found:

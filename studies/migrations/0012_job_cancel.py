@@ -42,6 +42,18 @@ class Migration(migrations.Migration):
             name="task_id",
             field=models.CharField(blank=True, max_length=50),
         ),
+        migrations.AddField(
+            model_name="reportrun",
+            name="kind",
+            field=models.CharField(
+                choices=[("report", "Report"), ("export", "Export")], default="report", max_length=6
+            ),
+        ),
+        migrations.AddField(
+            model_name="reportrun",
+            name="export_format",
+            field=models.CharField(blank=True, help_text="Exports: csv, parquet.", max_length=10),
+        ),
         migrations.AlterField(
             model_name="reportrun",
             name="status",

@@ -107,17 +107,77 @@ def report_run_dir(run: ReportRun) -> Path:
 
 
 def latest_report_run(study: Study) -> ReportRun | None:
-    return ReportRun.objects.filter(study=study).order_by("-created_at", "-id").first()
+    runs = ReportRun.objects.filter(study=study, kind=ReportRun.Kind.REPORT)
+    return runs.order_by("-created_at", "-id").first()
+
+
+def export_runs_shown(study: Study) -> list[ReportRun]:
+    """Background exports under way or stopped (with Cancel or Retry); finished ones are zips."""
+    shown = ReportRun.objects.filter(study=study, kind=ReportRun.Kind.EXPORT).exclude(
+        status=ReportRun.Status.DONE
+    )
+    return list(shown.order_by("-created_at", "-id")[:10])
+
+
+def export_run_create(
+    *, study_id: int, fmt: str = "parquet", include_pilot: bool = False, by: str = ""
+) -> ReportRun:
+    """A queued background export; `report_run_queue` sends its task once committed."""
+    return ReportRun.objects.create(
+        study_id=study_id,
+        kind=ReportRun.Kind.EXPORT,
+        export_format=fmt,
+        include_pilot=include_pilot,
+        created_by=by,
+    )
+
+
+def export_run_execute(*, run_id: int) -> ReportRun:
+    """Export into REPORTS_DIR/<slug>/exports/ as a zip, reading the cancel flag between tables;
+    a cancelled export leaves no folder and no zip behind."""
+    run = ReportRun.objects.select_related("study").get(pk=run_id)
+    if run.status not in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING):
+        return run
+    ReportRun.objects.filter(pk=run.pk).update(
+        status=ReportRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(),
+        progress=0.0, step="exporting", error="",
+    )  # fmt: skip
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
+    folder = export_dir(run.study) / f"{stamp}-{run.export_format}"
+    status, extra = ReportRun.Status.DONE, {"progress": 1.0, "step": "done"}
+    try:
+        export_study(
+            run.study, folder, fmt=run.export_format, include_pilot=run.include_pilot,
+            progress=_progress_writer(run.pk),
+        )  # fmt: skip
+        zip_path = zip_folder(folder, folder.with_suffix(".zip"))
+        extra["out_dir"] = str(zip_path)
+    except JobCancelled:
+        status, extra = ReportRun.Status.CANCELLED, {}
+        folder.with_suffix(".zip").unlink(missing_ok=True)
+    except Exception as exc:
+        logger.exception("export run %s of %s failed", run.pk, run.study.slug)
+        status, extra = ReportRun.Status.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ReportRun.objects.filter(pk=run.pk).update(status=status, finished_at=timezone.now(), **extra)
+    run.refresh_from_db()
+    return run
+
+
+def export_dir(study: Study) -> Path:
+    return Path(settings.REPORTS_DIR) / study.slug / "exports"
 
 
 def report_run_queue(run: ReportRun) -> ReportRun:
-    """Send the run's task once the transaction commits, under a task id kept on the row."""
+    """Send the run's task (report or export) on commit, under a task id kept on the row."""
     from studies import tasks  # tasks import this module
 
     task_id = uuid()
     ReportRun.objects.filter(pk=run.pk).update(task_id=task_id)
     run.task_id = task_id
-    transaction.on_commit(lambda: tasks.build_study_report.apply_async((run.pk,), task_id=task_id))
+    task = tasks.export_run if run.kind == ReportRun.Kind.EXPORT else tasks.build_study_report
+    transaction.on_commit(lambda: task.apply_async((run.pk,), task_id=task_id))
     return run
 
 
@@ -194,16 +254,6 @@ def report_run_execute(*, run_id: int) -> ReportRun:
     return run
 
 
-def export_for_download(study: Study, *, fmt: str = "parquet", include_pilot: bool = False) -> Path:
-    """Export into REPORTS_DIR/<slug>/exports/<time>-<fmt>.zip (pseudonymised ids only)."""
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
-    folder = Path(settings.REPORTS_DIR) / study.slug / "exports" / f"{stamp}-{fmt}"
-    result = export_study(study, folder, fmt=fmt, include_pilot=include_pilot)
-    zip_path = zip_folder(result.path, folder.with_suffix(".zip"))
-    shutil.rmtree(result.path)
-    return zip_path
-
-
 def export_to_temporary_zip(
     study: Study, *, fmt: str = "parquet", include_pilot: bool = False, raw_ids: bool = False
 ) -> IO[bytes]:
@@ -223,5 +273,5 @@ def export_to_temporary_zip(
 
 def export_zips(study: Study) -> list[Path]:
     """Zipped exports of the study under REPORTS_DIR, newest first."""
-    folder = Path(settings.REPORTS_DIR) / study.slug / "exports"
+    folder = export_dir(study)
     return sorted(folder.glob("*.zip"), reverse=True) if folder.is_dir() else []

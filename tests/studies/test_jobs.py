@@ -127,3 +127,38 @@ def test_the_report_page_offers_cancel_while_it_builds_and_retry_once_interrupte
     assert ReportRun.objects.get(pk=run.pk).status == R.QUEUED
     assert researcher.post(cancel).status_code == 302
     assert ReportRun.objects.get(pk=run.pk).status == R.CANCELLED
+
+
+def test_an_export_cancelled_while_it_runs_leaves_no_folder_and_no_zip(
+    study, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks():
+        export = reports.report_run_queue(reports.export_run_create(study_id=study.pk, fmt="csv"))
+    ReportRun.objects.filter(pk=export.pk).update(status=R.RUNNING)  # a worker has taken it
+    assert jobs.job_cancel(ReportRun, export.pk) == R.RUNNING
+    export = reports.export_run_execute(run_id=export.pk)
+    assert export.status == R.CANCELLED and not export.out_dir
+    folder = reports.export_dir(study)
+    assert not folder.exists() or not any(folder.iterdir())
+    assert reports.export_zips(study) == []
+
+
+def test_an_export_runs_to_a_zip_and_is_offered_cancel_then_retry_on_the_report_page(
+    study, researcher, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks():
+        export = reports.report_run_queue(reports.export_run_create(study_id=study.pk, fmt="csv"))
+    page = reverse("admin:studies_study_report", args=[study.pk])
+    cancel = reverse("admin:studies_study_report_cancel", args=[study.pk, export.pk])
+    assert cancel in researcher.get(page).content.decode()
+    assert researcher.post(cancel).status_code == 302
+    assert ReportRun.objects.get(pk=export.pk).status == R.CANCELLED
+    retry = reverse("admin:studies_study_report_retry", args=[study.pk, export.pk])
+    assert retry in researcher.get(page).content.decode()
+    with django_capture_on_commit_callbacks():
+        researcher.post(retry)
+    done = reports.export_run_execute(run_id=export.pk)
+    assert done.status == R.DONE and [p.name for p in reports.export_zips(study)] == [
+        done.out_dir.rsplit("/", 1)[1]
+    ]
+    assert reports.latest_report_run(study) is None  # an export is not a report

@@ -26,7 +26,7 @@ from webapp.celery import app
 
 ROUTES = {
     "studies.tasks.build_study_report": "reports",
-    "studies.tasks.export_study_task": "reports",
+    "studies.tasks.export_run": "reports",
     "studies.pilot.tasks.run_pilot": "pilots",
     "training.tasks.run_training_stage": "training",
     "studies.tasks.reap_stale_replies": "housekeeping",
