@@ -637,16 +637,28 @@ class Event(models.Model):
 
 
 class ReportRun(models.Model):
-    """One export-and-analysis run of a study, built by a Celery task; the admin shows the last."""
+    """One export-and-analysis run of a study (or, kind "export", a background export into a
+    zip), done by a Celery task; the admin shows the last of each."""
+
+    class Kind(models.TextChoices):
+        REPORT = "report"
+        EXPORT = "export"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="report_runs")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    kind = models.CharField(max_length=6, choices=Kind.choices, default=Kind.REPORT)
+    export_format = models.CharField(max_length=10, blank=True, help_text="Exports: csv, parquet.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    task_id = models.CharField(max_length=50, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     progress = models.FloatField(default=0.0, help_text="0 to 1.")
     step = models.CharField(max_length=200, blank=True)
     include_pilot = models.BooleanField(default=False)
@@ -669,6 +681,41 @@ class ReportRun(models.Model):
 
     def __str__(self) -> str:
         return f"report {self.pk} of {self.study_id} ({self.status})"
+
+
+class PilotRun(models.Model):
+    """One pilot of simulated participants, run by a Celery task; counters grow as they finish."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="pilot_runs")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    participants = models.PositiveIntegerField()
+    concurrency = models.PositiveSmallIntegerField(default=2)
+    done = models.PositiveIntegerField(default=0, help_text="Simulated participants finished.")
+    completed = models.PositiveIntegerField(default=0, help_text="Of those, completed the study.")
+    errors = models.PositiveIntegerField(default=0, help_text="Errors so far, all steps.")
+    cancel_requested = models.BooleanField(default=False)
+    task_id = models.CharField(max_length=50, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    report = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"pilot {self.pk} of {self.study_id} ({self.status})"
 
 
 class ErasureRecord(models.Model):

@@ -2,8 +2,7 @@
 
 from celery import shared_task
 
-from studies.models import Study
-from studies.services import endpoints, housekeeping, reports, turns
+from studies.services import endpoints, housekeeping, jobs, reports, turns
 
 
 @shared_task
@@ -31,13 +30,18 @@ def build_study_report(run_id: int) -> str:
 
 
 @shared_task
-def export_study_task(study_id: int, fmt: str = "parquet", include_pilot: bool = False) -> str:
-    """Export a large study into REPORTS_DIR as a zip (pseudonymised ids); returns its path."""
-    study = Study.objects.get(pk=study_id)
-    return str(reports.export_for_download(study, fmt=fmt, include_pilot=include_pilot))
+def export_run(run_id: int) -> str:
+    """Export a study into REPORTS_DIR as a zip for a queued ReportRun of kind export."""
+    return reports.export_run_execute(run_id=run_id).status
 
 
 @shared_task
 def check_endpoint_health() -> dict[str, str]:
     """Check the model endpoints of live studies and record their health (beat: every 60 s)."""
     return endpoints.endpoints_check_live()
+
+
+@shared_task
+def recover_interrupted_jobs() -> dict[str, list[int]]:
+    """Mark report and pilot runs whose worker is gone as interrupted (beat; at worker start)."""
+    return jobs.recover_interrupted(workers=jobs.worker_task_ids(), broker=jobs.broker_task_ids())

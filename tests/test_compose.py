@@ -78,8 +78,10 @@ def test_the_connection_budget_fits_postgresql(services):
     total = web * int(values["DATABASE_POOL_MAX_SIZE"]) + int(values["DATABASE_OTHER_CONNECTIONS"])
     assert total <= int(values["DATABASE_MAX_CONNECTIONS"]) - 3
     assert values["DATABASE_POOL"] == "true"
-    for name in ("worker", "beat"):
+    for name in ("beat", *WORKERS):
         assert services[name]["environment"]["DATABASE_POOL"] == "false"
+    busy = sum(_concurrency(services[name]) for name in WORKERS)
+    assert busy + 3 <= int(values["DATABASE_OTHER_CONNECTIONS"])  # + beat, migrate, a shell
 
 
 def test_there_is_exactly_one_beat(services):
@@ -102,13 +104,33 @@ def test_the_app_services_read_the_production_env_file(services):
 
 
 def test_the_long_running_services_have_healthchecks(services):
-    for name in ("web", "worker", "vllm", "postgres", "redis"):
+    for name in ("web", "vllm", "postgres", "redis", *WORKERS):
         assert services[name]["healthcheck"]["test"], name
 
 
+WORKERS = ("worker", "worker-reports", "worker-pilots", "worker-training", "worker-gpu")
+
+
+def _option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def _concurrency(service: dict) -> int:
+    return int(_option(service["command"], "--concurrency"))
+
+
 def test_the_gpu_worker_takes_the_gpu_queue(services):
-    command = services["worker-gpu"]["command"]
-    assert command[command.index("-Q") + 1] == "gpu"
+    assert _option(services["worker-gpu"]["command"], "-Q") == "gpu"
+
+
+def test_every_queue_the_settings_route_to_has_its_own_worker(services, settings):
+    routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
+    routed |= {settings.CELERY_TASK_DEFAULT_QUEUE, settings.TRAINING_GPU_QUEUE}
+    taken = {name: _option(services[name]["command"], "-Q").split(",") for name in WORKERS}
+    assert routed == {q for queues in taken.values() for q in queues}
+    assert all(len(queues) == 1 for queues in taken.values())  # one kind per worker
+    names = [_option(services[name]["command"], "-n") for name in WORKERS]
+    assert len(set(names)) == len(names)
 
 
 def test_the_production_env_names_only_variables_something_reads():

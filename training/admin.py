@@ -1,5 +1,5 @@
-"""Training in the admin: configure a run, start it, watch each stage live, retry a failed stage,
-and put a trained checkpoint into a study as a new arm."""
+"""Training in the admin: configure a run, start it, watch each stage live, cancel it, retry a
+failed, cancelled or interrupted stage, and put a trained checkpoint into a study as a new arm."""
 
 from functools import partial
 
@@ -19,6 +19,11 @@ from training.services import runs
 from training.services.checkpoints import checkpoint_add_to_study
 
 RUN_TRAINING = "training.run_training"
+RETRYABLE = (
+    TrainingStage.Status.FAILED,
+    TrainingStage.Status.CANCELLED,
+    TrainingStage.Status.INTERRUPTED,
+)
 
 
 def progress_url(run: TrainingRun) -> str:
@@ -102,6 +107,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
         views = [
             ("<int:run_id>/progress/", progress_page, "progress"),
             ("<int:run_id>/start/", start_run, "start"),
+            ("<int:run_id>/cancel/", cancel_run, "cancel"),
             ("stage/<int:stage_id>/retry/", retry_stage, "retry"),
         ]
         return [
@@ -149,6 +155,7 @@ def progress_page(request: HttpRequest, run_id: int, *, model_admin) -> HttpResp
         "poll_url": progress_url(run),
         "checkpoints": list(run.checkpoints.select_related("endpoint")),
         "can_change": model_admin.has_run_permission(request),
+        "retryable": RETRYABLE,
     }
     if request.htmx:
         return render(request, "admin/training/progress.html#training-progress", context)
@@ -164,6 +171,19 @@ def progress_page(request: HttpRequest, run_id: int, *, model_admin) -> HttpResp
 def start_run(request: HttpRequest, run_id: int, *, model_admin) -> HttpResponse:
     run = _run(request, run_id, model_admin, start=True)
     model_admin._start(request, run)
+    return HttpResponseRedirect(progress_url(run))
+
+
+@require_POST
+def cancel_run(request: HttpRequest, run_id: int, *, model_admin) -> HttpResponse:
+    """Cancel a running run: a queued stage at once, a running one at its next progress step."""
+    run = _run(request, run_id, model_admin, start=True)
+    try:
+        runs.run_cancel(run_id=run.pk)
+    except runs.RunStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{run}: cancelling; what its stages wrote is kept.")
     return HttpResponseRedirect(progress_url(run))
 
 

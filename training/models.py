@@ -48,6 +48,8 @@ class TrainingRun(models.Model):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
 
     class TaskSet(models.TextChoices):
         DOCUMENT = "document", "Documents (BLEU)"
@@ -139,7 +141,8 @@ class TrainingRun(models.Model):
     output_dir = models.CharField(
         max_length=500, blank=True, help_text="Blank = under REPORTS_DIR."
     )
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
+    cancel_requested = models.BooleanField(default=False)
     created_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -164,11 +167,15 @@ class TrainingStage(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         SKIPPED = "skipped"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
 
     run = models.ForeignKey(TrainingRun, on_delete=models.PROTECT, related_name="stage_rows")
     name = models.CharField(max_length=20, choices=[(s, s) for s in STAGE_ORDER])
     position = models.PositiveSmallIntegerField()
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    task_id = models.CharField(max_length=50, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
     done = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)

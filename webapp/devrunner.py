@@ -238,7 +238,7 @@ def metrics_dir(env: Env) -> None:
 
 
 def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
-    """Start uvicorn and a Celery worker; return the site's base URL once it answers."""
+    """Start uvicorn and the Celery workers; return the site's base URL once it answers."""
     wanted = int(env.get("DEMO_PORT") or 8000)
     port = free_port(wanted)
     if port != wanted:
@@ -252,19 +252,52 @@ def start_web_and_worker(stack: ExitStack, env: Env) -> tuple[str, list[Child]]:
     )  # fmt: skip
     stack.callback(web.stop)
     env["SITE_URL"] = f"http://127.0.0.1:{port}"
-    # One worker with an embedded beat (periodic housekeeping) is enough for a demo.
-    worker_command = ["-m", "celery", "-A", "webapp", "worker", "-l", "info", "--concurrency", "1"]
-    worker_command += ["--beat", "--schedule", str(LOCAL / "celerybeat-schedule")]
+    workers = [start_worker(stack, env, name, queues) for name, queues in WORKER_QUEUES]
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/healthz", web)
+    return base, [web, *workers]
+
+
+# One worker per kind of work (settings.CELERY_TASK_ROUTES), each running one task at a time, so
+# a pilot, a report and a training stage run side by side and none holds up the housekeeping
+# worker, which also runs beat. Most of the time they wait on the model server or the database;
+# on two cores the pilot's and training's model calls share the CPU with the web processes.
+WORKER_QUEUES = (
+    ("housekeeping", "housekeeping"),
+    ("reports", "reports"),
+    ("pilots", "pilots"),
+    ("training", "training,gpu"),
+)
+
+
+def worker_command(name: str, queues: str) -> list[str]:
+    """`celery worker` for one queue group, with beat in the housekeeping worker."""
+    command = [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-l", "info"]
+    command += ["-Q", queues, "-n", f"{name}@%h"]
+    if name == "housekeeping":
+        # Two at once: the recovery tasks wait up to a second or two for the workers' replies.
+        command += [
+            "--concurrency",
+            "2",
+            "--beat",
+            "--schedule",
+            str(LOCAL / "celerybeat-schedule"),
+        ]
+    else:
+        command += ["--concurrency", "1"]
+    return command
+
+
+def start_worker(stack: ExitStack, env: Env, name: str, queues: str) -> Child:
+    """Start one Celery worker; its output goes to .local/logs/worker-NAME.log and here."""
     # As in docker/compose.yaml: Celery closes connections around every task, so a pool in the
     # worker would only open DATABASE_POOL_MIN_SIZE connections per task.
     worker = spawn(
-        "worker", [sys.executable, *worker_command],
-        log_path=LOGS / "worker.log", env={**env, "DATABASE_POOL": "false"}, echo=True,
+        f"worker-{name}", worker_command(name, queues),
+        log_path=LOGS / f"worker-{name}.log", env={**env, "DATABASE_POOL": "false"}, echo=True,
     )  # fmt: skip
     stack.callback(worker.stop)
-    base = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{base}/healthz", web)
-    return base, [web, worker]
+    return worker
 
 
 def run_demo(stack: ExitStack, env: Env, args: Sequence[str]) -> int:

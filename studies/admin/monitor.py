@@ -11,6 +11,7 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from studies import monitor
+from studies.admin.pilots import pilot_context, pilot_urls, queue_pilot
 from studies.models import Study
 from studies.services.access import access_link
 from studies.services.errors import StudyActionError
@@ -44,6 +45,7 @@ def monitor_urls(model_admin) -> list:
             wrap(partial(monitor_pilot, model_admin=model_admin)),
             name=f"{name}_pilot",
         ),
+        *pilot_urls(model_admin, _study),
     ]
 
 
@@ -87,6 +89,7 @@ def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
             request.build_absolute_uri(access_link(study, "pilot")) if context["can_change"] else ""
         ),
         "pilot_form": PilotForm(),
+        **pilot_context(study, can_change=context["can_change"]),
     }
     return render(request, "admin/studies/monitor.html", context)
 
@@ -117,16 +120,10 @@ def monitor_pilot(request: HttpRequest, study_id: int, *, model_admin) -> HttpRe
         errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
         messages.error(request, f"Pilot not started ({errors}).")
         return HttpResponseRedirect(_monitor_url(study))
-    try:
-        # Imported here: the pilot runner is an optional worker-side module.
-        from studies.pilot.tasks import run_pilot
-    except ImportError:
-        messages.error(request, "The pilot runner is not installed on this server.")
-        return HttpResponseRedirect(_monitor_url(study))
-    run_pilot.delay(study_id=study.pk, **form.cleaned_data)
+    queue_pilot(request, study, **form.cleaned_data)
     messages.success(
         request,
-        "Pilot queued: {participants} simulated participants, {concurrency} at a time. "
-        "Switch to 'pilot' to watch them.".format(**form.cleaned_data),
+        "Pilot queued: {participants} simulated participants, {concurrency} at a time; "
+        "its progress shows below.".format(**form.cleaned_data),
     )
     return HttpResponseRedirect(_monitor_url(study, "pilot"))

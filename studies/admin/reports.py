@@ -15,9 +15,8 @@ from django.urls import path, reverse
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET, require_POST
 
-from studies import tasks
 from studies.models import ReportRun, Study
-from studies.services import reports
+from studies.services import jobs, reports
 from studies.services.exports import FORMATS
 
 RUN_FILES = {"report.html", "summary.json", "notebook.ipynb", "export.zip"}
@@ -61,6 +60,8 @@ def report_urls(model_admin) -> list:
     views = [
         ("<int:study_id>/report/", report_page, name),
         ("<int:study_id>/report/build/", report_build, f"{name}_build"),
+        ("<int:study_id>/report/<int:run_id>/cancel/", report_cancel, f"{name}_cancel"),
+        ("<int:study_id>/report/<int:run_id>/retry/", report_retry, f"{name}_retry"),
         ("<int:study_id>/report/<int:run_id>/<str:name>", report_file, f"{name}_file"),
         ("<int:study_id>/exports/<str:name>", export_file, f"{name}_export"),
     ]
@@ -94,6 +95,7 @@ def report_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResp
         and run.status in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING),
         "percent": round((run.progress if run else 0) * 100),
         "exports": [p.name for p in reports.export_zips(study)],
+        "export_runs": reports.export_runs_shown(study),
         "can_build": may_export(model_admin, request, study),
         "arms": list(study.conditions.values_list("key", flat=True)),
     }
@@ -122,6 +124,35 @@ def report_build(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
     return HttpResponseRedirect(report_url(study))
 
 
+@require_POST
+def report_cancel(request: HttpRequest, study_id: int, run_id: int, *, model_admin) -> HttpResponse:
+    """Cancel a queued report at once, or a building one at its next step (its folder goes)."""
+    study = _study(request, study_id, model_admin)
+    run = get_object_or_404(ReportRun, pk=run_id, study=study)
+    try:
+        status = jobs.job_cancel(ReportRun, run.pk)
+    except jobs.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        done = "cancelled" if status == "cancelled" else "cancelling: it stops at its next step"
+        messages.success(request, f"Report {run.pk}: {done}.")
+    return HttpResponseRedirect(report_url(study))
+
+
+@require_POST
+def report_retry(request: HttpRequest, study_id: int, run_id: int, *, model_admin) -> HttpResponse:
+    """Build an interrupted, cancelled or failed report again, with the same settings."""
+    study = _study(request, study_id, model_admin)
+    run = get_object_or_404(ReportRun, pk=run_id, study=study)
+    try:
+        reports.report_run_retry(run_id=run.pk)
+    except jobs.JobStateError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Report {run.pk} queued again.")
+    return HttpResponseRedirect(report_url(study))
+
+
 def queue_report(
     request: HttpRequest, study: Study, *, include_pilot: bool = False, reference_arm: str = ""
 ) -> ReportRun:
@@ -131,9 +162,15 @@ def queue_report(
         include_pilot=include_pilot,
         reference_arm=reference_arm,
     )
-    tasks.build_study_report.delay_on_commit(run.pk)
+    reports.report_run_queue(run)
     messages.success(request, f"{study.slug}: report queued; this page shows its progress.")
     return run
+
+
+def queue_export(request: HttpRequest, study: Study, *, fmt: str = "parquet") -> ReportRun:
+    """Queue a background export (pseudonymised ids) as an export run of the study."""
+    run = reports.export_run_create(study_id=study.pk, fmt=fmt, by=request.user.get_username())
+    return reports.report_run_queue(run)
 
 
 def _run_file(run: ReportRun, *parts: str) -> Path:
@@ -171,7 +208,7 @@ def report_file(
 
 @require_GET
 def export_file(request: HttpRequest, study_id: int, name: str, *, model_admin) -> FileResponse:
-    """A zipped export made in the background (export_study_task)."""
+    """A zipped export made in the background (an export run, studies.tasks.export_run)."""
     study = _study(request, study_id, model_admin)
     found = {p.name: p for p in reports.export_zips(study)}
     if name not in found:

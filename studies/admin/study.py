@@ -10,7 +10,6 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from studies import tasks
 from studies.admin import reports as admin_reports
 from studies.admin.common import (
     RUN_STUDY,
@@ -227,7 +226,7 @@ class StudyAdmin(admin.ModelAdmin):
     )
     def export_in_background(self, request, queryset) -> None:
         for study in queryset:
-            tasks.export_study_task.delay_on_commit(study.pk, "parquet", False)
+            admin_reports.queue_export(request, study)
             self.message_user(
                 request,
                 format_html(

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
@@ -73,22 +74,39 @@ def simulator_for(study: Study, *, endpoint_name: str | None = None) -> tuple[st
     return endpoint.name, simulator
 
 
+# Called as each simulated participant finishes; returns True to stop the pilot (cancelled).
+Finished = Callable[[ParticipantRun], Awaitable[bool]]
+
+
 async def pilot_run(
-    plan: PilotPlan, simulator: UserSimulator, *, participants: int, concurrency: int
+    plan: PilotPlan,
+    simulator: UserSimulator,
+    *,
+    participants: int,
+    concurrency: int,
+    finished: Finished | None = None,
 ) -> dict:
-    """Run the simulated participants, at most `concurrency` at once; return the report."""
+    """Run the simulated participants, at most `concurrency` at once; return the report. Once
+    `finished` asks to stop, participants not yet started are not started (those under way end)."""
     gate = asyncio.Semaphore(max(1, concurrency))
     started = time.monotonic()
+    stop = asyncio.Event()
 
-    async def one(index: int) -> ParticipantRun:
+    async def one(index: int) -> ParticipantRun | None:
         async with gate:
-            return await participant_run(plan, index, simulator)
+            if stop.is_set():
+                return None
+            run = await participant_run(plan, index, simulator)
+            if finished is not None and await finished(run):
+                stop.set()
+            return run
 
     try:
         runs = await asyncio.gather(*(one(i) for i in range(participants)))
     finally:
         await close_clients()
-    report = pilot_report(list(runs), wall_seconds=time.monotonic() - started)
+    ran = [run for run in runs if run is not None]
+    report = pilot_report(ran, wall_seconds=time.monotonic() - started)
     return {"study": plan.slug, "base_url": plan.base_url, "concurrency": concurrency, **report}
 
 
@@ -152,6 +170,7 @@ def pilot_study(
     base_url: str | None = None,
     simulator_endpoint: str | None = None,
     seed: int = 0,
+    finished: Finished | None = None,
 ) -> dict:
     """Run a whole pilot from synchronous code and record its report as an event."""
     # httpx logs every request at INFO: thousands of lines in a pilot's log, none of them news.
@@ -169,7 +188,9 @@ def pilot_study(
         },
     )
     report = asyncio.run(
-        pilot_run(plan, simulator, participants=participants, concurrency=concurrency)
+        pilot_run(
+            plan, simulator, participants=participants, concurrency=concurrency, finished=finished
+        )
     )
     report["simulator_endpoint"] = name
     pilot_record(study, report)

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from celery.utils import uuid
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from studies.models import ReportRun, Study
 from studies.services.exports import ExportError, ExportResult, Progress, export_study, zip_folder
+from studies.services.jobs import JobCancelled, JobStateError, job_check_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +107,95 @@ def report_run_dir(run: ReportRun) -> Path:
 
 
 def latest_report_run(study: Study) -> ReportRun | None:
-    return ReportRun.objects.filter(study=study).order_by("-created_at", "-id").first()
+    runs = ReportRun.objects.filter(study=study, kind=ReportRun.Kind.REPORT)
+    return runs.order_by("-created_at", "-id").first()
+
+
+def export_runs_shown(study: Study) -> list[ReportRun]:
+    """Background exports under way or stopped (with Cancel or Retry); finished ones are zips."""
+    shown = ReportRun.objects.filter(study=study, kind=ReportRun.Kind.EXPORT).exclude(
+        status=ReportRun.Status.DONE
+    )
+    return list(shown.order_by("-created_at", "-id")[:10])
+
+
+def export_run_create(
+    *, study_id: int, fmt: str = "parquet", include_pilot: bool = False, by: str = ""
+) -> ReportRun:
+    """A queued background export; `report_run_queue` sends its task once committed."""
+    return ReportRun.objects.create(
+        study_id=study_id,
+        kind=ReportRun.Kind.EXPORT,
+        export_format=fmt,
+        include_pilot=include_pilot,
+        created_by=by,
+    )
+
+
+def export_run_execute(*, run_id: int) -> ReportRun:
+    """Export into REPORTS_DIR/<slug>/exports/ as a zip, reading the cancel flag between tables;
+    a cancelled export leaves no folder and no zip behind."""
+    run = ReportRun.objects.select_related("study").get(pk=run_id)
+    if run.status not in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING):
+        return run
+    ReportRun.objects.filter(pk=run.pk).update(
+        status=ReportRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(),
+        progress=0.0, step="exporting", error="",
+    )  # fmt: skip
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
+    folder = export_dir(run.study) / f"{stamp}-{run.export_format}"
+    status, extra = ReportRun.Status.DONE, {"progress": 1.0, "step": "done"}
+    try:
+        export_study(
+            run.study, folder, fmt=run.export_format, include_pilot=run.include_pilot,
+            progress=_progress_writer(run.pk),
+        )  # fmt: skip
+        zip_path = zip_folder(folder, folder.with_suffix(".zip"))
+        extra["out_dir"] = str(zip_path)
+    except JobCancelled:
+        status, extra = ReportRun.Status.CANCELLED, {}
+        folder.with_suffix(".zip").unlink(missing_ok=True)
+    except Exception as exc:
+        logger.exception("export run %s of %s failed", run.pk, run.study.slug)
+        status, extra = ReportRun.Status.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ReportRun.objects.filter(pk=run.pk).update(status=status, finished_at=timezone.now(), **extra)
+    run.refresh_from_db()
+    return run
+
+
+def export_dir(study: Study) -> Path:
+    return Path(settings.REPORTS_DIR) / study.slug / "exports"
+
+
+def report_run_queue(run: ReportRun) -> ReportRun:
+    """Send the run's task (report or export) on commit, under a task id kept on the row."""
+    from studies import tasks  # tasks import this module
+
+    task_id = uuid()
+    ReportRun.objects.filter(pk=run.pk).update(task_id=task_id)
+    run.task_id = task_id
+    task = tasks.export_run if run.kind == ReportRun.Kind.EXPORT else tasks.build_study_report
+    transaction.on_commit(lambda: task.apply_async((run.pk,), task_id=task_id))
+    return run
+
+
+def report_run_retry(*, run_id: int) -> ReportRun:
+    """Queue an interrupted, cancelled or failed run again; it starts over in its folder."""
+    with transaction.atomic():
+        run = ReportRun.objects.select_for_update().get(pk=run_id)
+        if run.status in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING, ReportRun.Status.DONE):
+            raise JobStateError(f"{run} is {run.status}: nothing to retry")
+        run.status, run.cancel_requested, run.progress, run.step = "queued", False, 0.0, ""
+        run.error, run.finished_at = "", None
+        run.save()
+        return report_run_queue(run)
 
 
 def _progress_writer(run_id: int) -> Progress:
-    """Progress saved on the run at most once a second, and whenever the step changes."""
+    """Progress saved on the run at most once a second, and whenever the step changes; between
+    writes the run's cancel flag is read (a safe point: the export and the statistics stop)."""
     last_at, last_step = 0.0, ""
 
     def write(fraction: float, step: str) -> None:
@@ -117,7 +204,10 @@ def _progress_writer(run_id: int) -> Progress:
         if now - last_at < PROGRESS_EVERY_SECONDS and kind == last_step:
             return
         last_at, last_step = now, kind
-        ReportRun.objects.filter(pk=run_id).update(progress=round(fraction, 4), step=step[:200])
+        ReportRun.objects.filter(pk=run_id).update(
+            progress=round(fraction, 4), step=step[:200], heartbeat_at=timezone.now()
+        )
+        job_check_cancel(ReportRun, run_id)
 
     return write
 
@@ -125,12 +215,12 @@ def _progress_writer(run_id: int) -> Progress:
 def report_run_execute(*, run_id: int) -> ReportRun:
     """Export and analyse for a queued run; a finished run is left as it is (idempotent)."""
     run = ReportRun.objects.select_related("study").get(pk=run_id)
-    if run.status in (ReportRun.Status.DONE, ReportRun.Status.FAILED):
-        return run
+    if run.status not in (ReportRun.Status.QUEUED, ReportRun.Status.RUNNING):
+        return run  # finished, cancelled or interrupted: a late or repeated delivery
     out = report_run_dir(run)
     ReportRun.objects.filter(pk=run.pk).update(
         status=ReportRun.Status.RUNNING, started_at=timezone.now(), out_dir=str(out),
-        progress=0.0, step="exporting", error="",
+        progress=0.0, step="exporting", error="", heartbeat_at=timezone.now(),
     )  # fmt: skip
     try:
         result = analyze_study(
@@ -143,6 +233,12 @@ def report_run_execute(*, run_id: int) -> ReportRun:
             workers=1,  # inside a worker: no forking
         )
         zip_folder(result.export.path, out / "export.zip")
+    except JobCancelled:
+        # A half-built report is of no use: its folder goes, the row says it was cancelled.
+        shutil.rmtree(out, ignore_errors=True)
+        ReportRun.objects.filter(pk=run.pk).update(
+            status=ReportRun.Status.CANCELLED, finished_at=timezone.now(), out_dir=""
+        )
     except Exception as exc:
         logger.exception("report run %s of %s failed", run.pk, run.study.slug)
         ReportRun.objects.filter(pk=run.pk).update(
@@ -156,16 +252,6 @@ def report_run_execute(*, run_id: int) -> ReportRun:
         )  # fmt: skip
     run.refresh_from_db()
     return run
-
-
-def export_for_download(study: Study, *, fmt: str = "parquet", include_pilot: bool = False) -> Path:
-    """Export into REPORTS_DIR/<slug>/exports/<time>-<fmt>.zip (pseudonymised ids only)."""
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
-    folder = Path(settings.REPORTS_DIR) / study.slug / "exports" / f"{stamp}-{fmt}"
-    result = export_study(study, folder, fmt=fmt, include_pilot=include_pilot)
-    zip_path = zip_folder(result.path, folder.with_suffix(".zip"))
-    shutil.rmtree(result.path)
-    return zip_path
 
 
 def export_to_temporary_zip(
@@ -187,5 +273,5 @@ def export_to_temporary_zip(
 
 def export_zips(study: Study) -> list[Path]:
     """Zipped exports of the study under REPORTS_DIR, newest first."""
-    folder = Path(settings.REPORTS_DIR) / study.slug / "exports"
+    folder = export_dir(study)
     return sorted(folder.glob("*.zip"), reverse=True) if folder.is_dir() else []

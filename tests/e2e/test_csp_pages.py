@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from studies.models import Message, Participant, Study
+from studies.models import Message, Participant, PilotRun, ReportRun, Study
 from tests.e2e.pages import (
     CspWatch,
     enter_chat,
@@ -93,6 +93,11 @@ def test_admin_pages_and_the_monitor_controls_work_under_the_policy(
     )  # fmt: skip
     curve = [{"step": 1.0, "loss": 0.69, "rewards/margins": 0.0}, {"step": 2.0, "loss": 0.6}]
     TrainingStage.objects.create(run=run, name="dpo", position=3, status="running", curve=curve)
+    # A pilot and a report under way: their progress, polling and Cancel buttons are on the pages.
+    pilot = PilotRun.objects.create(
+        study=study, participants=4, status="running", done=1, errors=1, task_id="t1"
+    )
+    ReportRun.objects.create(study=study, status="running", task_id="t2")
     log_in_staff(page.context, web_server)
     for url in admin_urls(study, participant, run):
         response = page.goto(url)
@@ -115,6 +120,10 @@ def test_admin_pages_and_the_monitor_controls_work_under_the_policy(
     assert dialogs == ["Close this study? No one can enter it again."]
     study.refresh_from_db()
     assert study.status == Study.Status.LIVE
+    expect(page.locator("#pilot-counts")).to_have_text("1 of 4 done, 0 completed, 1 error so far")
+    page.get_by_role("button", name="Cancel the pilot").click()
+    expect(page.locator("#pilot-run")).to_contain_text("Stopping")
+    assert PilotRun.objects.get(pk=pilot.pk).cancel_requested
     assert watch.violations == [] and browsing.errors == []
 
 

@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -185,7 +186,11 @@ def test_the_build_report_action_queues_a_run_after_commit(
     researcher, world, monkeypatch, django_capture_on_commit_callbacks
 ):
     queued = []
-    monkeypatch.setattr(tasks.build_study_report, "delay", lambda run_id: queued.append(run_id))
+
+    def sent(args, task_id):
+        queued.append((*args, task_id))
+
+    monkeypatch.setattr(tasks.build_study_report, "apply_async", sent)
     with django_capture_on_commit_callbacks(execute=True):
         response = researcher.post(
             reverse("admin:studies_study_changelist"),
@@ -193,7 +198,8 @@ def test_the_build_report_action_queues_a_run_after_commit(
         )
     assert response.status_code == 302
     run = ReportRun.objects.get()
-    assert queued == [run.pk] and run.status == "queued" and run.created_by == "researcher"
+    assert queued == [(run.pk, run.task_id)] and run.task_id  # the id recovery looks for
+    assert run.status == "queued" and run.created_by == "researcher"
 
 
 def test_the_report_page_polls_while_the_run_builds(researcher, world):
@@ -253,7 +259,8 @@ def test_only_staff_who_may_view_participants_get_reports_and_exports(
     monkeypatch.setattr(reports, "_build_report", lambda: fake_builder([]))
     run = reports.report_run_create(study_id=world.study.pk)
     tasks.build_study_report(run.pk)
-    zip_name = tasks.export_study_task(world.study.pk).rsplit("/", 1)[1]
+    export = reports.export_run_create(study_id=world.study.pk)
+    zip_name = Path(reports.export_run_execute(run_id=export.pk).out_dir).name
     urls = [
         report_url(world.study),
         *(report_url(world.study, run.pk, name) for name in reports_dir_files()),
@@ -276,7 +283,7 @@ def test_only_staff_who_may_view_participants_get_reports_and_exports(
         ), who
         post = client.post(reverse("admin:studies_study_report_build", args=[world.study.pk]))
         assert post.status_code == 403 or post["Location"].startswith("/admin/login/"), who
-    assert ReportRun.objects.count() == 1
+    assert ReportRun.objects.filter(kind="report").count() == 1
 
 
 def reports_dir_files():
@@ -287,7 +294,7 @@ def test_a_background_export_is_listed_and_downloadable_on_the_report_page(
     researcher, world, monkeypatch, django_capture_on_commit_callbacks
 ):
     monkeypatch.setattr(
-        tasks.export_study_task, "delay", lambda *args: tasks.export_study_task(*args)
+        tasks.export_run, "apply_async", lambda args, task_id: tasks.export_run(*args)
     )
     with django_capture_on_commit_callbacks(execute=True):
         researcher.post(

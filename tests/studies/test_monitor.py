@@ -1,6 +1,5 @@
 """The live monitor: its numbers, a fixed query count, staff-only access and its actions."""
 
-import types
 from datetime import timedelta
 
 import pytest
@@ -9,8 +8,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-import studies.pilot.tasks as pilot_tasks
-from studies.models import Event, FinalSurvey, Message, Participant, Study, TurnRating
+from studies.models import Event, FinalSurvey, Message, Participant, PilotRun, Study, TurnRating
 from studies.monitor import monitor_snapshot
 from tests.factories import ParticipantFactory, TaskFactory
 
@@ -256,27 +254,48 @@ def test_status_actions_need_the_csrf_token(study):
     assert client.get(url).status_code == 405
 
 
-def test_run_pilot_enqueues_the_pilot_task(researcher, study, monkeypatch):
-    calls = []
-    fake = types.SimpleNamespace(delay=lambda **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(pilot_tasks, "run_pilot", fake, raising=False)
+def test_run_pilot_queues_a_pilot_run_and_its_task_on_commit(
+    researcher, study, django_capture_on_commit_callbacks
+):
     url = reverse("admin:studies_study_monitor_pilot", args=[study.pk])
-    response = researcher.post(url, {"participants": 12, "concurrency": 10})
+    with django_capture_on_commit_callbacks() as sent:
+        response = researcher.post(url, {"participants": 12, "concurrency": 10})
     assert response.status_code == 302 and response.url == monitor_url(study, who="pilot")
-    assert calls == [{"study_id": study.pk, "participants": 12, "concurrency": 10}]
+    run = PilotRun.objects.get(study=study)
+    assert (run.status, run.participants, run.concurrency) == ("queued", 12, 10)
+    assert run.task_id and run.created_by == "researcher" and len(sent) == 1
     researcher.post(url, {"participants": 0, "concurrency": 10})
-    assert len(calls) == 1
+    assert PilotRun.objects.count() == 1
 
 
-def test_the_latest_pilot_report_is_shown(researcher, study):
-    Event.objects.create(study=study, kind="study.pilot.finished", payload={"completed": 3})
-    Event.objects.create(
-        study=study, kind="study.pilot.finished", payload={"completed": 10, "errors": {"x": 1}}
+def test_a_running_pilot_shows_x_of_n_done_and_polls(researcher, study):
+    run = PilotRun.objects.create(
+        study=study, participants=4, status="running", done=1, completed=1, errors=2, task_id="t"
     )
-    report = monitor_snapshot(study).pilot_report
-    assert dict(report["items"]) == {"completed": 10, "errors": '{"x": 1}'}
-    page = researcher.get(monitor_url(study)).content.decode()
-    assert "Latest pilot report" in page and "&quot;x&quot;: 1" in page
+    html = researcher.get(monitor_url(study)).content.decode()
+    assert "1 of 4 done, 1 completed, 2 errors so far" in html
+    status = reverse("admin:studies_study_pilot_status", args=[study.pk])
+    assert f'hx-get="{status}"' in html
+    assert reverse("admin:studies_study_pilot_cancel", args=[study.pk, run.pk]) in html
+    partial = researcher.get(status, headers={"HX-Request": "true"}).content.decode()
+    assert partial.strip().startswith('<section id="pilot-run"') and "1 of 4 done" in partial
+
+
+def test_the_latest_pilot_report_is_shown_as_tables(researcher, study):
+    report = {
+        "participants": 3, "started": 3, "completed": 2, "completion_rate": 0.667,
+        "turns": 6, "ratings": 4, "wall_seconds": 132.66186600000003,
+        "errors": {"entry": 0, "chat": 1}, "error_messages": {"chat": ["1x reply failed"]},
+        "turn_seconds": {"p50": 1.5, "p95": 3.25}, "ttft_seconds": {"p50": None, "p95": None},
+        "simulator_messages": 6, "simulator_fallbacks": 1,
+        "simulator_fallback_reasons": {"invalid json": 1},
+    }  # fmt: skip
+    PilotRun.objects.create(study=study, participants=3, status="done", done=3, report=report)
+    html = researcher.get(monitor_url(study)).content.decode()
+    for caption in ("Completion", "Errors per step", "Time per turn", "fallbacks"):
+        assert caption in html
+    assert "67%" in html and "132.7 s" in html and "132.66" not in html
+    assert "1x reply failed" in html and "1 of 6" in html and "n/a" in html
 
 
 def test_a_pilot_shows_in_the_monitor_while_it_runs(researcher, study):

@@ -9,10 +9,12 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connections
 
-from studies.models import Condition, Event, Message, Participant, Study
+from studies.models import Condition, Event, Message, Participant, PilotRun, Study
 from studies.pilot.driver import STEPS
 from studies.pilot.page import page_parse
+from studies.pilot.runs import pilot_run_create, pilot_run_execute
 from studies.pilot.tasks import run_pilot
+from studies.services import jobs
 from tests.e2e import conftest as e2e
 from tests.factories import ModelEndpointFactory, three_arm_study
 
@@ -98,6 +100,25 @@ async def test_a_pilot_takes_every_simulated_participant_to_the_completion_code(
     assert await sync_to_async(shortest_user_message)(study) >= 120
     assert await sync_to_async(Participant.objects.real().filter(study=study).count)() == 0
     assert (await finished_report(study))["completed"] == 3
+    run = await sync_to_async(PilotRun.objects.get)(study=study)
+    assert (run.status, run.done, run.completed, run.errors) == ("done", 3, 3, 0)
+    assert run.report["completed"] == 3
+
+
+async def test_a_pilot_cancelled_while_running_starts_no_new_participant(web_server, fake_model):
+    study = await pilot_ready_study(fake_model.base_url)
+    # Cancel is pressed once the pilot has started (a worker took it): the participant under way
+    # finishes, the others never start, and what was done is kept.
+    run = await sync_to_async(pilot_run_create)(study_id=study.pk, participants=3, concurrency=1)
+    await sync_to_async(PilotRun.objects.filter(pk=run.pk).update)(status="running")
+    assert await sync_to_async(jobs.job_cancel)(PilotRun, run.pk) == "running"
+
+    report = await in_thread(pilot_run_execute, run_id=run.pk, base_url=web_server)
+
+    run = await sync_to_async(PilotRun.objects.get)(pk=run.pk)
+    assert (run.status, run.done, run.participants) == ("cancelled", 1, 3)
+    assert report["participants"] == 1 and run.report == report
+    assert len(await participants_of(study)) == 1
 
 
 async def test_a_failing_arm_shows_as_chat_errors_and_the_command_exits_non_zero(

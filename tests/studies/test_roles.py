@@ -26,6 +26,7 @@ from studies.models import (
     Event,
     ModelEndpoint,
     Participant,
+    PilotRun,
     ReportRun,
     Study,
     StudyVersion,
@@ -78,6 +79,7 @@ class World:
     version: StudyVersion
     endpoint: ModelEndpoint  # not referenced by anything
     report: ReportRun
+    pilot: PilotRun  # interrupted
     export_name: str
     run: TrainingRun  # started: stages, one of them failed
     draft_run: TrainingRun  # never started
@@ -105,6 +107,7 @@ def world(tmp_path, reports_dir, django_capture_on_commit_callbacks) -> World:
     report = ReportRun.objects.create(
         study=study, status=ReportRun.Status.DONE, progress=1, out_dir=str(out)
     )
+    pilot = PilotRun.objects.create(study=study, participants=2, status="interrupted")
     exports = reports_dir / study.slug / "exports"
     exports.mkdir(parents=True)
     (exports / "20260101-csv.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
@@ -122,8 +125,9 @@ def world(tmp_path, reports_dir, django_capture_on_commit_callbacks) -> World:
     )
     return World(
         study=study, draft=draft, participant=participant, version=versions.version_latest(study),
-        endpoint=ModelEndpointFactory(), report=report, export_name="20260101-csv.zip", run=run,
-        draft_run=draft_run, stage=stage, checkpoint=checkpoint, erasure=erasure,
+        endpoint=ModelEndpointFactory(), report=report, pilot=pilot,
+        export_name="20260101-csv.zip", run=run, draft_run=draft_run, stage=stage,
+        checkpoint=checkpoint, erasure=erasure,
     )  # fmt: skip
 
 
@@ -193,11 +197,24 @@ URLS: dict[str, Case] = {
     "studies_study_monitor": ("get", _study, {}, ("studies.view_study",), 200),
     "studies_study_monitor_status": ("post", _study, {"status": "?"}, RUN, 302),
     "studies_study_monitor_pilot": ("post", _study, {}, RUN, 302),
+    "studies_study_pilot_status": ("get", _study, {}, ("studies.view_study",), 200),
+    "studies_study_pilot_cancel": (
+        "post", lambda w: {"study_id": w.study.pk, "run_id": w.pilot.pk}, {}, RUN, 302,
+    ),
+    "studies_study_pilot_retry": (
+        "post", lambda w: {"study_id": w.study.pk, "run_id": w.pilot.pk}, {}, RUN, 302,
+    ),
     "studies_study_report": ("get", _study, {}, EXPORT, 200),
     "studies_study_report_build": ("post", _study, {}, EXPORT, 302),
     "studies_study_report_file": (
         "get", lambda w: {"study_id": w.study.pk, "run_id": w.report.pk, "name": "summary.json"},
         {}, EXPORT, 200,
+    ),
+    "studies_study_report_cancel": (
+        "post", lambda w: {"study_id": w.study.pk, "run_id": w.report.pk}, {}, EXPORT, 302,
+    ),
+    "studies_study_report_retry": (
+        "post", lambda w: {"study_id": w.study.pk, "run_id": w.report.pk}, {}, EXPORT, 302,
     ),
     "studies_study_report_export": (
         "get", lambda w: {"study_id": w.study.pk, "name": w.export_name}, {}, EXPORT, 200,
@@ -217,6 +234,7 @@ URLS: dict[str, Case] = {
         "get", lambda w: {"run_id": w.run.pk}, {}, ("training.view_trainingrun",), 200,
     ),
     "training_trainingrun_start": ("post", lambda w: {"run_id": w.run.pk}, {}, TRAIN, 302),
+    "training_trainingrun_cancel": ("post", lambda w: {"run_id": w.run.pk}, {}, TRAIN, 302),
     "training_trainingrun_retry": ("post", lambda w: {"stage_id": w.stage.pk}, {}, TRAIN, 302),
     **_model_urls("checkpoint", lambda w: w.checkpoint, app="training"),
     "training_checkpoint_add_to_study": (

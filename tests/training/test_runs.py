@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from studies.models import Condition, ModelEndpoint, Study, StudyVersion
@@ -176,7 +178,7 @@ def test_a_failed_stage_shows_why_fails_the_run_and_can_be_retried(
     assert "no-such-model" in sft.error
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
-    with pytest.raises(runs.RunStateError, match="only a failed stage"):
+    with pytest.raises(runs.RunStateError, match="only a failed, cancelled or interrupted stage"):
         runs.stage_retry(stage_id=_stage(run, "collect").pk)
     with django_capture_on_commit_callbacks() as queued:
         runs.stage_retry(stage_id=sft.pk)
@@ -185,20 +187,89 @@ def test_a_failed_stage_shows_why_fails_the_run_and_can_be_retried(
     assert run.status == TrainingRun.Status.RUNNING
 
 
-def test_a_stage_whose_worker_went_quiet_is_handed_out_again(
-    tmp_path, django_capture_on_commit_callbacks
+def test_a_stage_whose_worker_went_quiet_is_interrupted_and_can_be_retried(
+    tmp_path, settings, django_capture_on_commit_callbacks
 ):
     run = _run(ModelEndpointFactory(), tmp_path)
     with django_capture_on_commit_callbacks():
         runs.run_start(run_id=run.pk)
     quiet, live = _stage(run, "collect"), _stage(run, "build_data")
-    TrainingStage.objects.filter(pk=quiet.pk).update(
-        status=S.RUNNING, heartbeat_at=timezone.now() - runs.STALE_AFTER - timedelta(seconds=1)
-    )
+    stale = timezone.now() - timedelta(minutes=settings.JOB_STALE_MINUTES, seconds=1)
+    TrainingStage.objects.filter(pk=quiet.pk).update(status=S.RUNNING, heartbeat_at=stale)
     TrainingStage.objects.filter(pk=live.pk).update(status=S.RUNNING, heartbeat_at=timezone.now())
+    assert runs.stages_recover_stale() == [quiet.pk]
+    run.refresh_from_db()
+    assert _stage(run, "collect").status == S.INTERRUPTED
+    assert run.status == TrainingRun.Status.INTERRUPTED
     with django_capture_on_commit_callbacks() as queued:
-        assert runs.stages_resume_stale() == [quiet.pk]
+        runs.stage_retry(stage_id=quiet.pk)
     assert len(queued) == 1 and _stage(run, "collect").status == S.QUEUED
+
+
+def test_a_running_stage_no_worker_holds_is_interrupted(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    stage = _stage(run, "collect")
+    TrainingStage.objects.filter(pk=stage.pk).update(status=S.RUNNING, heartbeat_at=timezone.now())
+    assert runs.stages_recover_stale(workers={stage.task_id}) == []
+    assert runs.stages_recover_stale(workers={"another-task"}) == [stage.pk]
+    assert _stage(run, "collect").status == S.INTERRUPTED
+
+
+def test_cancelling_a_run_stops_its_queued_stage_and_queues_no_more(
+    tmp_path, django_capture_on_commit_callbacks
+):
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    collect = _stage(run, "collect")
+    runs.run_cancel(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED and run.cancel_requested
+    assert _stage(run, "collect").status == S.CANCELLED
+    assert runs.stage_execute(stage_id=collect.pk) == S.CANCELLED  # a late delivery does nothing
+    with pytest.raises(runs.RunStateError):
+        runs.run_cancel(run_id=run.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_cancelled_while_collecting_stops_at_its_next_progress_write(
+    tmp_path, fake_endpoint, django_capture_on_commit_callbacks
+):
+    endpoint, server = fake_endpoint
+    run = _run(endpoint, tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+
+    def cancel() -> None:
+        runs.run_cancel(run_id=run.pk)
+        connection.close()
+
+    def policy_then_cancel(body):
+        # The researcher presses Cancel while the first conversation is being collected (from
+        # another thread: the fake server's loop is async).
+        researcher = threading.Thread(target=cancel)
+        researcher.start()
+        researcher.join()
+        return "Here is a draft. What tone do you want?"
+
+    server.responder = responder(
+        user=lambda body: user_says("help with a post"),
+        policy=policy_then_cancel,
+        extractor=json.dumps({"final": "Here is a draft."}),
+        judge=json.dumps({"score": 5}),
+    )
+    with django_capture_on_commit_callbacks() as queued:
+        status = runs.stage_execute(stage_id=_stage(run, "collect").pk)
+    run.refresh_from_db()
+    assert status == S.CANCELLED and run.status == TrainingRun.Status.CANCELLED
+    # Conversations run concurrently, so both may be done by then: what matters is that the
+    # stage ends cancelled at that write (what it wrote stays on disk) and nothing comes next.
+    assert not queued and (tmp_path / "out").is_dir()
+    assert _stage(run, "build_data").status == S.PENDING
 
 
 def _adapter(tmp_path, rank=32):

@@ -1,8 +1,11 @@
 """A training run's lifecycle: start, take a stage under a lease, record progress, advance, retry.
 
 Stages run one after another, each as its own Celery task taking the stage id. A stage is claimed
-under a row lock; a claimed stage whose heartbeat went quiet (its worker was killed) is handed out
-again by `stages_resume_stale`, and the stage's own work skips what it already wrote to disk.
+under a row lock. A run can be cancelled: a queued stage at once (its task revoked), a running one
+at its next progress write (a safe point between items or training steps); what the stages wrote
+to disk is kept, so a retry resumes from it. A stage whose worker is gone (no heartbeat for
+JOB_STALE_MINUTES, or a task id no worker holds) is marked interrupted by `stages_recover_stale`,
+and a retry queues it again; the stage's own work skips what it already wrote to disk.
 """
 
 from __future__ import annotations
@@ -10,19 +13,21 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
+from celery.utils import uuid
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from studies.services.jobs import JobCancelled, job_check_cancel, stale_filter
 from training.models import STAGE_ORDER, TrainingRun, TrainingStage
 from training.pipeline.curves import curve_add, curve_point
 
 S = TrainingStage.Status
-STALE_AFTER = timedelta(minutes=10)
 LOG_LINES = 200
 _TRAINING_STAGES = ("sft", "dpo", "online_dpo")
 
@@ -68,15 +73,31 @@ def run_start(*, run_id: int, by: str = "") -> TrainingRun:
 def _queue(stage: TrainingStage) -> None:
     from training import tasks  # tasks import this module
 
-    TrainingStage.objects.filter(pk=stage.pk).update(status=S.QUEUED)
-    transaction.on_commit(
-        lambda: tasks.run_training_stage.apply_async((stage.pk,), queue=settings.TRAINING_QUEUE)
+    queue = stage_queue(stage.name)
+    task_id = uuid()
+    TrainingStage.objects.filter(pk=stage.pk).update(
+        status=S.QUEUED, task_id=task_id, queued_at=timezone.now()
     )
+    transaction.on_commit(
+        lambda: tasks.run_training_stage.apply_async((stage.pk,), queue=queue, task_id=task_id)
+    )
+
+
+def stage_queue(name: str) -> str:
+    """The GPU stages go to TRAINING_GPU_QUEUE on a GPU host; the rest to TRAINING_QUEUE."""
+    if settings.TRAINING_GPU and name in _TRAINING_STAGES:
+        return settings.TRAINING_GPU_QUEUE
+    return settings.TRAINING_QUEUE
 
 
 def _queue_next(run: TrainingRun) -> None:
     """Queue the first pending stage, or finish the run when none is left."""
     stage = run.stage_rows.filter(status=S.PENDING).order_by("position").first()
+    if run.cancel_requested:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+        )
+        return
     if stage is not None:
         _queue(stage)
         return
@@ -88,11 +109,9 @@ def _queue_next(run: TrainingRun) -> None:
 @transaction.atomic
 def _claim(stage_id: int) -> TrainingStage | None:
     stage = TrainingStage.objects.select_for_update().select_related("run").get(pk=stage_id)
-    if stage.status in (S.SUCCEEDED, S.SKIPPED, S.FAILED, S.PENDING):
-        return None  # done, or not handed out (a duplicate or late delivery)
+    if stage.status != S.QUEUED or stage.run.cancel_requested:
+        return None  # done, stopped, held by a worker, or not handed out (a late delivery)
     now = timezone.now()
-    if stage.status == S.RUNNING and stage.heartbeat_at and now - stage.heartbeat_at < STALE_AFTER:
-        return None  # another worker holds it
     stage.status, stage.heartbeat_at, stage.error = S.RUNNING, now, ""
     stage.attempts += 1
     stage.started_at = stage.started_at or now
@@ -105,6 +124,7 @@ class Reporter:
 
     def __init__(self, stage: TrainingStage, interval: float = 1.0) -> None:
         self.stage, self.interval, self._last = stage, interval, 0.0
+        self.run_id = stage.run_id
         self._lines = stage.log.splitlines()[-LOG_LINES:]
 
     def trained(self, step: int, total: int, logs: dict[str, Any] | None = None) -> None:
@@ -133,6 +153,7 @@ class Reporter:
             log="\n".join(self._lines),
             curve=self.stage.curve,
         )
+        job_check_cancel(TrainingRun, self.run_id)
 
 
 Work = Callable[[TrainingRun, TrainingStage, Reporter], dict[str, Any]]
@@ -149,6 +170,9 @@ def stage_execute(*, stage_id: int) -> str:
     reporter.log(f"attempt {stage.attempts} started")
     try:
         result = STAGE_WORK[stage.name](stage.run, stage, reporter)
+    except JobCancelled:
+        _stop(stage, S.CANCELLED)
+        return S.CANCELLED
     except Exception as exc:
         reporter.log(f"failed: {exc!r}")
         _fail(stage, exc)
@@ -160,6 +184,30 @@ def stage_execute(*, stage_id: int) -> str:
         )
         _queue_next(TrainingRun.objects.select_for_update().get(pk=stage.run_id))
     return S.SUCCEEDED
+
+
+def _stop(stage: TrainingStage, status: str) -> None:
+    """End a stage and its run as cancelled or interrupted (what it wrote to disk is kept)."""
+    now = timezone.now()
+    with transaction.atomic():
+        TrainingStage.objects.filter(pk=stage.pk).update(status=status, finished_at=now)
+        TrainingRun.objects.filter(pk=stage.run_id).update(status=status, finished_at=now)
+
+
+@transaction.atomic
+def run_cancel(*, run_id: int) -> TrainingRun:
+    """Stop a running run: a queued stage at once, a running one at its next progress write."""
+    run = TrainingRun.objects.select_for_update().get(pk=run_id)
+    if run.status != TrainingRun.Status.RUNNING:
+        raise RunStateError(f"only a running run can be cancelled ({run} is {run.status})")
+    run.cancel_requested = True
+    run.save(update_fields=["cancel_requested"])
+    for stage in run.stage_rows.filter(status=S.QUEUED):
+        _stop(stage, S.CANCELLED)
+        if stage.task_id:
+            transaction.on_commit(partial(current_app.control.revoke, stage.task_id))
+    run.refresh_from_db()
+    return run
 
 
 def _fail(stage: TrainingStage, exc: Exception) -> None:
@@ -175,12 +223,14 @@ def _fail(stage: TrainingStage, exc: Exception) -> None:
 
 @transaction.atomic
 def stage_retry(*, stage_id: int) -> TrainingStage:
-    """Queue a failed stage again; its work resumes from what it had written."""
+    """Queue a failed, cancelled or interrupted stage again; it resumes from what it wrote."""
     stage = TrainingStage.objects.select_for_update().select_related("run").get(pk=stage_id)
-    if stage.status != S.FAILED:
-        raise RunStateError(f"only a failed stage can be retried ({stage} is {stage.status})")
+    if stage.status not in (S.FAILED, S.CANCELLED, S.INTERRUPTED):
+        raise RunStateError(
+            f"only a failed, cancelled or interrupted stage can be retried ({stage.status})"
+        )
     TrainingRun.objects.filter(pk=stage.run_id).update(
-        status=TrainingRun.Status.RUNNING, finished_at=None
+        status=TrainingRun.Status.RUNNING, finished_at=None, cancel_requested=False
     )
     stage.finished_at = None
     stage.save(update_fields=["finished_at"])
@@ -188,18 +238,19 @@ def stage_retry(*, stage_id: int) -> TrainingStage:
     return stage
 
 
-def stages_resume_stale() -> list[int]:
-    """Hand out again the stages whose worker stopped sending heartbeats (beat, every minute)."""
-    cutoff = timezone.now() - STALE_AFTER
-    resumed = []
+def stages_recover_stale(
+    *, workers: set[str] | None = None, broker: set[str] | None = None
+) -> list[int]:
+    """Mark as interrupted (with their runs) the stages whose worker is gone (beat: each minute)."""
+    stale = stale_filter(
+        now=timezone.now(), workers=workers, broker=broker or set(), queued_since="queued_at"
+    )
+    interrupted = []
     with transaction.atomic():
-        stale = TrainingStage.objects.select_for_update(skip_locked=True).filter(
-            status=S.RUNNING, heartbeat_at__lt=cutoff
-        )
-        for stage in stale:
-            _queue(stage)
-            resumed.append(stage.pk)
-    return resumed
+        for stage in TrainingStage.objects.select_for_update(skip_locked=True).filter(stale):
+            _stop(stage, S.INTERRUPTED)
+            interrupted.append(stage.pk)
+    return interrupted
 
 
 def stage_rate(stage: TrainingStage) -> tuple[float | None, float | None]:
