@@ -198,7 +198,11 @@ class NamedValuesWidget(forms.MultiWidget):
 
     def get_context(self, name, value, attrs) -> dict[str, Any]:
         context = super().get_context(name, value, attrs)
+        base = context["widget"]["attrs"].get("id")
         for key, sub in zip(self.keys, context["widget"]["subwidgets"], strict=True):
+            if base:
+                # Named after the setting (MultiWidget numbers them), like the input's name.
+                sub["attrs"]["id"] = f"{base}_{key}"
             sub["key"] = key
             sub["label"] = self.labels[key]
             sub["help"] = self.helps[key]

@@ -81,6 +81,10 @@ class StudyAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status"]
     form = StudyForm
+
+    class Media:
+        css = {"all": ["css/setup.css"]}
+
     prepopulated_fields = {"slug": ["title"]}
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [ConditionInline, TaskInline]
