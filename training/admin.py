@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
 from studies.models import Study
+from training.forms import TrainingRunForm
 from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
 from training.services.checkpoints import checkpoint_add_to_study
@@ -28,6 +29,7 @@ def progress_url(run: TrainingRun) -> str:
 class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ["name", "status", "task_set", "created_by", "created_at", "progress_link"]
     list_filter = ["status", "task_set"]
+    form = TrainingRunForm
     readonly_fields = ["status", "created_by", "created_at", "finished_at"]
     actions = ["start_runs"]
     fieldsets = [
@@ -59,7 +61,18 @@ class TrainingRunAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Stages", {"fields": ["stages", "eval_tasks"]}),
+        (
+            "Stages",
+            {
+                "fields": [
+                    "sft",
+                    "dpo",
+                    "online_dpo",
+                    ("per_device_batch_size", "max_length"),
+                    "eval_tasks",
+                ]
+            },
+        ),
         ("Status", {"fields": ["status", "created_by", "created_at", "finished_at"]}),
     ]
 
