@@ -116,8 +116,9 @@ class StudyAdmin(admin.ModelAdmin):
     ]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):
-        # Status changes go through the actions (going live publishes the configuration).
-        return ["config_version", "status"] if obj is not None else ["config_version"]
+        # Status changes go through the actions (going live checks the whole study and publishes
+        # the configuration); a new study is a draft.
+        return ["config_version", "status"]
 
     def save_related(self, request, form, formsets, change) -> None:
         super().save_related(request, form, formsets, change)

@@ -224,6 +224,14 @@ def test_a_bad_stratum_is_refused(researcher, study):
     assert any("token is not a stratum" in e for e in field_errors(response, "stratify_by"))
 
 
+def test_a_new_study_starts_as_a_draft_whatever_the_form_posts(researcher):
+    add = reverse("admin:studies_study_add")
+    data = form_data(researcher.get(add).content.decode())
+    data |= {"title": "T", "slug": "t", "consent_text": "Agree?", "status": "live"}
+    assert researcher.post(add, data).status_code == 302
+    assert Study.objects.get(slug="t").status == Study.Status.DRAFT
+
+
 def test_go_live_lists_every_problem_at_once():
     study = StudyFactory(status=Study.Status.DRAFT, block_size=4)
     ConditionFactory(study=study, key="capped", cap=0)
