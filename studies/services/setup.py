@@ -9,6 +9,7 @@ from models_serving.prompts import PromptNotFoundError, load_prompt
 from studies.models import ModelEndpoint, Study
 from studies.services.allocation import PERMUTED_BLOCKS
 from studies.services.assignment import design_problems
+from studies.services.endpoints import endpoint_api_key
 from studies.services.exclusions import rules_problems
 from studies.services.reentry import TOKEN_PARAMS
 
@@ -51,6 +52,11 @@ def study_problems(study: Study) -> list[str]:
             problems.append(
                 f"Arm {arm.key}: its endpoint {arm.endpoint.name} was down at the last health "
                 "check; start it, or choose another endpoint."
+            )
+        if arm.endpoint.api_key_env and not endpoint_api_key(arm.endpoint):
+            problems.append(
+                f"Arm {arm.key}: its endpoint {arm.endpoint.name} takes its key from "
+                f"{arm.endpoint.api_key_env}, which this deployment does not set (or allow)."
             )
         try:
             load_prompt(arm.system_prompt, arm.prompt_version or None)

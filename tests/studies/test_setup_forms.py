@@ -245,3 +245,19 @@ def test_go_live_lists_every_problem_at_once():
     assert "no tasks" in problems
     assert "Block size 4 is not a multiple" in problems
     assert Study.objects.get(pk=study.pk).status == Study.Status.DRAFT
+
+
+def test_go_live_names_an_arm_whose_endpoint_key_is_not_set(monkeypatch):
+    monkeypatch.delenv("MODEL_API_KEY_SETUP", raising=False)
+    study = StudyFactory(status=Study.Status.DRAFT, block_size=1)
+    arm = ConditionFactory(study=study, key="keyed")
+    ModelEndpoint.objects.filter(pk=arm.endpoint_id).update(api_key_env="MODEL_API_KEY_SETUP")
+    TaskFactory(study=study)
+    with pytest.raises(lifecycle.StudyNotReady) as exc:
+        lifecycle.study_set_status(study_id=study.pk, status="live")
+    assert exc.value.problems == [
+        f"Arm keyed: its endpoint {arm.endpoint.name} takes its key from MODEL_API_KEY_SETUP, "
+        "which this deployment does not set (or allow)."
+    ]
+    monkeypatch.setenv("MODEL_API_KEY_SETUP", "sk-test")
+    assert lifecycle.study_set_status(study_id=study.pk, status="live").status == "live"
