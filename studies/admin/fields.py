@@ -13,6 +13,14 @@ from studies.services import exclusions
 
 CHOICE_SLOTS = 5
 BLANK_CHECKS = 2
+MAX_CHECKS = 100
+MAX_CHOICES = 50
+
+
+def _count(value: Any, most: int) -> int:
+    """A posted row or slot count, bounded: the browser sends what the form rendered."""
+    text = str(value or "")
+    return min(int(text), most) if text.isdigit() else 0
 
 
 def _slots(choices: list[str], n: int) -> list[str]:
@@ -25,20 +33,17 @@ class ChecksWidget(forms.Widget):
     template_name = "admin/studies/widgets/checks.html"
 
     def value_from_datadict(self, data, files, name) -> list[dict[str, Any]]:
-        try:
-            rows = int(data.get(f"{name}-rows", 0))
-        except (TypeError, ValueError):
-            rows = 0
+        rows = _count(data.get(f"{name}-rows"), MAX_CHECKS)
         return [
             {
                 "question": data.get(f"{name}-{i}-question", ""),
                 "choices": [
                     data.get(f"{name}-{i}-choice-{j}", "")
-                    for j in range(int(data.get(f"{name}-{i}-slots", CHOICE_SLOTS) or 0))
+                    for j in range(_count(data.get(f"{name}-{i}-slots"), MAX_CHOICES))
                 ],
                 "answer": data.get(f"{name}-{i}-answer"),
             }
-            for i in range(min(rows, 100))
+            for i in range(rows)
         ]
 
     def value_omitted_from_data(self, data, files, name) -> bool:

@@ -124,6 +124,16 @@ def test_a_broken_check_keeps_what_was_typed(researcher, study):
     assert 'value="Typed once"' in refused(response)
 
 
+def test_forged_row_counts_are_bounded_and_never_crash(researcher, study):
+    response = post(
+        researcher,
+        study,
+        **{"comprehension_questions-rows": "999999999", f"{CHECK}-slots": "x"},
+    )
+    assert response.status_code == 302
+    assert Study.objects.get(pk=study.pk).comprehension_questions == []
+
+
 def test_exclusion_rules_are_named_fields(researcher, study):
     response = post(
         researcher,
