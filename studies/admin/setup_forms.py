@@ -5,7 +5,7 @@ from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from models_serving.prompts import NO_PROMPT, PromptNotFoundError, list_prompts, load_prompt
 from studies.admin.fields import (
@@ -127,4 +127,14 @@ def prompt_preview_html(condition: Condition | None) -> str:
         '<details class="setup-prompt"><summary>{}</summary><pre>{}</pre></details>',
         prompt.ref,
         prompt.text,
+    )
+
+
+def available_prompts_html() -> str:
+    """Every prompt version that exists, each text folded under its reference."""
+    prompts = [load_prompt(name, version) for name, version in list_prompts()]
+    return format_html_join(
+        "",
+        '<details class="setup-prompt"><summary>{}</summary><pre>{}</pre></details>',
+        ((p.ref, p.text) for p in prompts),
     )

@@ -20,6 +20,7 @@ from studies.admin.setup_forms import (
     ConditionFormSet,
     StudyForm,
     TaskForm,
+    available_prompts_html,
     prompt_preview_html,
 )
 from studies.models import (
@@ -113,12 +114,17 @@ class StudyAdmin(admin.ModelAdmin):
         ("Quality", {"fields": ["comprehension_questions", "attention_checks",
                                 "attention_fail_threshold", "exclusion_rules",
                                 "abandon_after_minutes"]}),
+        ("System prompts the arms can use", {"fields": ["available_prompts"]}),
     ]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):
         # Status changes go through the actions (going live checks the whole study and publishes
         # the configuration); a new study is a draft.
-        return ["config_version", "status"]
+        return ["config_version", "status", "available_prompts"]
+
+    @admin.display(description="Prompts")
+    def available_prompts(self, obj: Study | None) -> str:
+        return available_prompts_html()
 
     def save_related(self, request, form, formsets, change) -> None:
         super().save_related(request, form, formsets, change)

@@ -5,7 +5,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 
+from models_serving.prompts import load_prompt
 from studies.models import Condition, ModelEndpoint, Study, StudyVersion, Task
 from studies.services import lifecycle, versions
 from tests.factories import ConditionFactory, StudyFactory, TaskFactory
@@ -220,6 +222,13 @@ def test_the_saved_prompt_is_shown_read_only(researcher, study):
     Condition.objects.filter(study=study, key="a").update(system_prompt="collabllm")
     page = researcher.get(change_url(study)).content.decode()
     assert '<details class="setup-prompt"><summary>collabllm@v1#' in page
+
+
+def test_every_prompt_version_can_be_read_before_choosing_it(researcher):
+    page = researcher.get(reverse("admin:studies_study_add")).content.decode()
+    for name in ("collabllm", "proactive"):
+        prompt = load_prompt(name)
+        assert f"<summary>{prompt.ref}</summary><pre>{escape(prompt.text)}</pre>" in page
 
 
 def test_intent_questions_are_one_per_line(researcher, study):
