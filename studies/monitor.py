@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from studies.models import Condition, Event, FinalSurvey, Message, Participant, Study, TurnRating
+from studies.numbers import duration_text, percent_text
 from studies.services.outcomes import IN_PROGRESS
 
 P = Participant.Status
@@ -46,21 +47,6 @@ class EpochSeconds(Func):
 
 def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
-
-
-def duration_text(seconds: float | None) -> str:
-    """`12m 05s` (or `1h 02m`) for a number of seconds; a hyphen for None."""
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes >= 60:
-        return f"{minutes // 60}h {minutes % 60:02d}m"
-    return f"{minutes}m {secs:02d}s"
-
-
-def percent_text(share: float | None) -> str:
-    """`42%` for 0.42; a hyphen for None."""
-    return "-" if share is None else f"{share:.0%}"
 
 
 @dataclass(frozen=True)

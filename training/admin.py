@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
 from studies.models import Study
+from training.charts import stage_charts
 from training.forms import TrainingRunForm
 from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
@@ -138,7 +139,15 @@ def _stage_rows(run: TrainingRun) -> list[dict]:
     for stage in run.stage_rows.order_by("position"):
         per_minute, left = runs.stage_rate(stage)
         percent = round(100 * stage.done / stage.total) if stage.total else 0
-        rows.append({"stage": stage, "percent": percent, "per_minute": per_minute, "left": left})
+        rows.append(
+            {
+                "stage": stage,
+                "percent": percent,
+                "per_minute": per_minute,
+                "left": left,
+                "charts": stage_charts(stage.curve),
+            }
+        )
     return rows
 
 

@@ -134,7 +134,7 @@ class TrainingRun(models.Model):
     eval_tasks = models.PositiveSmallIntegerField(
         default=4,
         validators=[MaxValueValidator(1000)],
-        help_text="Held-out tasks in the benchmark.",
+        help_text="Held-out tasks in the benchmark (0 skips it; it serves the adapter with vLLM).",
     )
     output_dir = models.CharField(
         max_length=500, blank=True, help_text="Blank = under REPORTS_DIR."
@@ -178,6 +178,11 @@ class TrainingStage(models.Model):
     result = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     log = models.TextField(blank=True, help_text="The latest lines of this stage's log.")
+    curve = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Per training step: {step, loss, and for DPO rewards/margins, ...}.",
+    )
 
     class Meta:
         ordering = ["run", "position"]

@@ -7,23 +7,19 @@ from django.utils.html import format_html, format_html_join
 from studies.models import (
     ModelEndpoint,
 )
+from studies.numbers import duration_text, percent_text, thousands_text
 from studies.services.endpoints import TrafficSummary, endpoint_traffic, endpoints_with_traffic
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
 
 
 def _traffic_cells(summary: TrafficSummary | None) -> tuple[str, ...]:
     if summary is None or not summary.replies:
         return ("0", "-", "-", "-", "-")
-    share = summary.failed_share or 0.0
     tps = "-" if summary.tokens_per_second is None else f"{summary.tokens_per_second:.1f}"
     return (
-        str(summary.replies),
-        f"{share:.0%}",
-        _seconds(summary.median_ttft),
-        _seconds(summary.median_itl),
+        thousands_text(summary.replies),
+        percent_text(summary.failed_share or 0.0),
+        duration_text(summary.median_ttft),
+        duration_text(summary.median_itl),
         tps,
     )
 

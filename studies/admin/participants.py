@@ -19,6 +19,7 @@ from studies.models import (
     Event,
     Participant,
 )
+from studies.numbers import duration_text
 from studies.services import (
     outcomes,
     reentry,
@@ -56,7 +57,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         "outcome",
         "document_type",
         "entered_at",
-        "active_seconds",
+        "active_time",
         "excluded_at",
         "is_pilot",
         "is_preview",
@@ -100,7 +101,7 @@ class ParticipantAdmin(admin.ModelAdmin):
         "completed_at",
         "ended_at",
         "last_active_at",
-        "active_seconds",
+        "active_time",
         "wall_time",
         "intent",
         "transcript",
@@ -172,9 +173,13 @@ class ParticipantAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # erase_participant is the one way, and it records who and why
 
-    @admin.display(description="wall time (s)")
+    @admin.display(description="active time", ordering="active_seconds")
+    def active_time(self, obj: Participant) -> str:
+        return duration_text(obj.active_seconds)
+
+    @admin.display(description="wall time")
     def wall_time(self, obj: Participant) -> str:
-        return f"{obj.wall_seconds:.0f}" if obj.wall_seconds is not None else "-"
+        return duration_text(obj.wall_seconds)
 
     @admin.display(description="intent answers")
     def intent(self, obj: Participant) -> str:

@@ -37,6 +37,9 @@ from studies.services import (
 )
 from studies.services.errors import StudyActionError
 
+# The study list's counts: real participants are data; pilots and previews are counted apart.
+REAL = Q(participants__is_pilot=False, participants__is_preview=False)
+
 
 class ConditionInline(admin.StackedInline):
     model = Condition
@@ -77,6 +80,8 @@ class StudyAdmin(admin.ModelAdmin):
         "rating_every",
         "n_participants",
         "n_completed",
+        "n_pilot",
+        "n_preview",
         "monitor_link",
         "report_link",
     ]
@@ -195,8 +200,13 @@ class StudyAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                _n=Count("participants"),
-                _done=Count("participants", filter=Q(participants__status="completed")),
+                _n=Count("participants", filter=REAL),
+                _done=Count("participants", filter=REAL & Q(participants__status="completed")),
+                _pilot=Count("participants", filter=Q(participants__is_pilot=True)),
+                _preview=Count(
+                    "participants",
+                    filter=Q(participants__is_preview=True, participants__is_pilot=False),
+                ),
             )
         )
 
@@ -265,7 +275,7 @@ class StudyAdmin(admin.ModelAdmin):
 
         return monitor_urls(self) + admin_reports.report_urls(self) + super().get_urls()
 
-    @admin.display(description="participants", ordering="_n")
+    @admin.display(description="participants (real)", ordering="_n")
     def n_participants(self, obj: Study) -> int:
         return obj._n
 
@@ -278,6 +288,14 @@ class StudyAdmin(admin.ModelAdmin):
     def report_link(self, obj: Study) -> str:
         return format_html('<a href="{}">report</a>', admin_reports.report_url(obj))
 
-    @admin.display(description="completed", ordering="_done")
+    @admin.display(description="completed (real)", ordering="_done")
     def n_completed(self, obj: Study) -> int:
         return obj._done
+
+    @admin.display(description="pilot", ordering="_pilot")
+    def n_pilot(self, obj: Study) -> int:
+        return obj._pilot
+
+    @admin.display(description="preview", ordering="_preview")
+    def n_preview(self, obj: Study) -> int:
+        return obj._preview

@@ -21,6 +21,7 @@ from studies.services.participants.chat import completed_turns
 from studies.services.participants.steps import MAX_DOCUMENT_CHARS, P, locked, participant_step
 from studies.services.redis import redis_client
 from studies.services.rendering import render_markdown
+from studies.services.text import normalise_newlines
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +47,18 @@ class DocumentStale(StudyActionError):
         self.latest_text = latest_text
 
 
-def normalise(text: str) -> str:
-    """Line ends as LF, whatever the browser sent."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
 def document_latest(participant: Participant) -> DocumentVersion | None:
     """The participant's latest saved version, or None before the first save."""
     return participant.document_versions.order_by("-number").first()
 
 
-def document_preview(text: str) -> str:
-    """The document as sanitised HTML, the same Markdown and sanitiser as replies (not cached)."""
-    return render_markdown.__wrapped__(normalise(text)[:MAX_DOCUMENT_CHARS])
+def document_preview(*, participant_id: int, text: str) -> str:
+    """The document as sanitised HTML, the same Markdown and sanitiser as replies (not cached).
+
+    Counted like saves (a long text costs a fraction of a second to render): StudyActionError
+    past the bound."""
+    _count_save(participant_id, "preview")
+    return render_markdown.__wrapped__(normalise_newlines(text)[:MAX_DOCUMENT_CHARS])
 
 
 def _check_size(text: str) -> None:
@@ -70,8 +70,12 @@ def _check_size(text: str) -> None:
         )
 
 
-def _count_save(participant_id: int) -> None:
-    key = f"{KEY_PREFIX}:{participant_id}"
+def _count_save(participant_id: int, what: str = "save") -> None:
+    key = (
+        f"{KEY_PREFIX}:{participant_id}"
+        if what == "save"
+        else f"{KEY_PREFIX}:{what}:{participant_id}"
+    )
     try:
         pipe = redis_client(REDIS_TIMEOUT).pipeline()
         pipe.set(key, 0, ex=WINDOW_SECONDS, nx=True)
@@ -144,7 +148,7 @@ def document_save(
     """
     if source not in PANE_SOURCES:
         raise StudyActionError("bad_source", _("That kind of save is not possible."))
-    text = normalise(text)
+    text = normalise_newlines(text)
     _check_size(text)
     _count_save(participant_id)
     with transaction.atomic():
@@ -167,12 +171,29 @@ def document_save(
     raise stale  # after the commit: the event keeps the refused text
 
 
+def document_final_stale(
+    *, participant: Participant, text: str, base_version: int | None
+) -> DocumentStale | None:
+    """For the final submission: the conflict when the page was edited from an older version.
+
+    Records the refused text (as document_save does) and returns the exception to raise after
+    the commit; None when the submission may go ahead (no base given, the latest, or same text).
+    Runs inside the final survey's transaction with the participant row already locked.
+    """
+    latest = document_latest(participant)
+    number = latest.number if latest else 0
+    if base_version is None or base_version == number or (latest and latest.text == text):
+        return None
+    _record_refused(participant, text, S.FINAL, base_version, number)
+    return DocumentStale(number, latest.text if latest else "")
+
+
 def document_save_final(*, participant: Participant, text: str) -> DocumentVersion | None:
     """Store the submitted document as the last version when it differs from the latest.
 
     Runs inside the final survey's transaction with the participant row already locked.
     """
-    text = normalise(text)
+    text = normalise_newlines(text)
     latest = document_latest(participant)
     if latest is not None and latest.text == text:
         return None

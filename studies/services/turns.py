@@ -309,12 +309,14 @@ def join_reply_parts(parts: list[str]) -> str:
 
 
 def _later_attempt() -> Exists:
+    """A later attempt on the reply's turn, or a later turn (which a reaped continuation does
+    not block): either replaced the reply, so it is no longer completed."""
     return Exists(
         Message.objects.filter(
+            Q(turn_index=OuterRef("turn_index"), attempt__gt=OuterRef("attempt"))
+            | Q(turn_index__gt=OuterRef("turn_index")),
             participant=OuterRef("participant"),
             role=Message.Role.ASSISTANT,
-            turn_index=OuterRef("turn_index"),
-            attempt__gt=OuterRef("attempt"),
         )
     )
 
@@ -427,6 +429,8 @@ def turn_complete(
                 "turn": message.turn_index,
                 "reply": message.pk,
                 "rating_due": rating_due,
+                # A continuation completes a part of the turn's reply, not another turn.
+                **({"continues": message.continuation_of_id} if message.continuation_of_id else {}),
                 **({"after_reaped": True} if reaped else {}),
                 **({"held": True} if held else {}),
             },

@@ -30,6 +30,9 @@ def brief(request: HttpRequest, slug: str) -> HttpResponse:
     participant = at_step(request, slug, "brief")
     if isinstance(participant, HttpResponse):
         return participant
+    if request.method == "GET" and participant.task is None:
+        # A one-item topic list is no choice: take it and go straight to the intent questions.
+        participant = svc.participant_take_only_topic(participant_id=participant.pk)
     error = None
     form = IntentForm(participant.task.intent_questions) if participant.task else None
     if request.method == "POST":

@@ -53,6 +53,11 @@ def document(request: HttpRequest, slug: str) -> JsonResponse:
 @require_POST
 def document_preview(request: HttpRequest, slug: str) -> JsonResponse:
     """The document rendered as the replies are (Markdown, sanitised), for the Preview tab."""
-    if session_participant_id(request.session, slug) is None:
+    pid = session_participant_id(request.session, slug)
+    if pid is None:
         return _refused(_("Your session has ended; please open the study from your link."), 403)
-    return JsonResponse({"html": documents.document_preview(request.POST.get("text", ""))})
+    try:
+        html = documents.document_preview(participant_id=pid, text=request.POST.get("text", ""))
+    except StudyActionError as exc:
+        return _refused(exc.message, STATUS_BY_CODE.get(exc.code, 400))
+    return JsonResponse({"html": html})

@@ -19,6 +19,8 @@ from studies.views.check import CheckForm
 class FinalForm(forms.Form):
     # Rendered by studies/_document_pane.html (autosaved like the pane beside the chat).
     document_text = FreeTextField(label=_("Your final document"), max_length=svc.MAX_DOCUMENT_CHARS)
+    # The version the page's document was edited from (document.js keeps it current).
+    document_version = forms.IntegerField(min_value=0, required=False, widget=forms.HiddenInput)
     document_quality = forms.TypedChoiceField(
         label=_("How good is the final document? (1 = very poor, 10 = excellent)"),
         choices=[(i, i) for i in range(1, 11)],
@@ -52,12 +54,19 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
     latest = documents.document_latest(participant)
     form = FinalForm(request.POST or None, initial={"document_text": latest.text if latest else ""})
     attention = CheckForm(checks, request.POST or None, prefix_name="attention_")
+    newer = base = None
     if request.method == "POST" and form.is_valid() and attention.is_valid():
+        answers = dict(form.cleaned_data)
+        base = answers.pop("document_version")
         try:
             svc.participant_submit_final(
                 participant_id=participant.pk,
-                answers=svc.FinalAnswers(**form.cleaned_data, attention=tuple(attention.answers())),
+                answers=svc.FinalAnswers(**answers, attention=tuple(attention.answers())),
+                document_version=base,
             )
+        except documents.DocumentStale as exc:
+            newer, latest = exc, documents.document_latest(participant)
+            form.add_error(None, exc.message)
         except StudyActionError as exc:
             if exc.code == "wrong_step":
                 return moved_on(participant.pk)
@@ -75,6 +84,10 @@ def final(request: HttpRequest, slug: str) -> HttpResponse:
             "attention": attention,
             "document": latest,
             "document_text": form["document_text"].value() or "",
+            # After a refused stale submission: the page stays on its own base, the newer text
+            # offered (the conflict notice), and the hidden field on the newer version.
+            "document_base": base if newer else (latest.number if latest else 0),
+            "newer": newer,
             "transcript": selectors.transcript(participant_id=participant.pk),
         },
         status=status,

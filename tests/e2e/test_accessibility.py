@@ -102,6 +102,9 @@ def test_every_step_of_a_visit_has_no_serious_accessibility_violation(
     expect(complete).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
     page.locator('#rating button[data-score="8"]').click()
     page.locator("#finish").get_by_role("button").click()
+    expect(page.get_by_role("dialog", name="Finish the chat?")).to_be_visible()
+    assert_accessible(page, "the confirmation before leaving the chat")
+    page.get_by_role("dialog").get_by_role("button", name="Yes, finish the chat").click()
 
     expect(page.get_by_label("Your final document")).to_be_visible()
     assert_accessible(page, "the final page")

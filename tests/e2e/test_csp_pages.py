@@ -19,7 +19,7 @@ from tests.e2e.pages import (
     scripted_study,
     send,
 )
-from training.models import TrainingRun
+from training.models import TrainingRun, TrainingStage
 
 pytestmark = [pytest.mark.e2e]
 
@@ -91,11 +91,17 @@ def test_admin_pages_and_the_monitor_controls_work_under_the_policy(
         name="smoke", base_model="/models/base", policy_endpoint=study.conditions.first().endpoint,
         output_dir=str(tmp_path),
     )  # fmt: skip
+    curve = [{"step": 1.0, "loss": 0.69, "rewards/margins": 0.0}, {"step": 2.0, "loss": 0.6}]
+    TrainingStage.objects.create(run=run, name="dpo", position=3, status="running", curve=curve)
     log_in_staff(page.context, web_server)
     for url in admin_urls(study, participant, run):
         response = page.goto(url)
         assert response is not None and response.status == 200, url
         page.wait_for_load_state("load")
+    # The loss curve is an SVG drawn without inline styles.
+    page.goto(reverse("admin:training_trainingrun_progress", args=[run.pk]))
+    expect(page.locator("#curve-dpo-1 circle")).to_have_count(2)
+    expect(page.locator("#curve-dpo-2 circle")).to_have_count(1)
     # The changelist's action bar and the change form's scripts run (no inline script needed).
     page.goto(reverse("admin:studies_participant_changelist"))
     page.locator("input.action-select").first.check()

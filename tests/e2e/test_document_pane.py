@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from studies.models import DocumentVersion, Event, Message, Participant
-from tests.e2e.pages import CspWatch, enter_chat, scripted_study, send
+from tests.e2e.pages import CspWatch, enter_chat, finish_chat, scripted_study, send
 
 pytestmark = [pytest.mark.e2e]
 
@@ -165,3 +165,82 @@ def test_on_a_narrow_screen_a_due_rating_brings_the_chat_tab_forward(
     expect(page.get_by_role("tab", name="Chat")).to_have_attribute("aria-selected", "true")
     expect(page.locator('#rating button[data-score="1"]')).to_be_focused()
     assert browsing.errors == []
+
+
+def answer_the_survey(page: Page) -> None:
+    page.locator('input[name="document_quality"][value="8"]').check()
+    page.locator('input[name="overall_interaction"][value="9"]').check()
+    page.get_by_label("What did the assistant do well?").fill("Titles.")
+    page.get_by_label("What could the assistant do better?").fill("Nothing.")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_a_final_page_left_behind_by_another_tab_is_not_submitted_over_its_text(
+    web_server, browsing, scripted_model
+):
+    study = scripted_study(scripted_model)
+    scripted_model.replies.append(REPLY)
+    page = browsing.page
+    enter_chat(page, study, "doc3")
+    send(page, "Give me a title for a post about reading.", replies=1)
+    type_at_end(page, "My draft.")
+    saved(page)
+    finish_chat(page)
+    participant = Participant.objects.get(study=study, external_id="prolific:doc3")
+
+    other = page.context.new_page()  # a second tab on the final page edits and saves first
+    other.goto(f"/s/{study.slug}/final/")
+    type_at_end(other, " Finished in the other tab.")
+    other.locator("#document-text").blur()
+    saved(other)
+    other.close()
+
+    answer_the_survey(page)  # this tab, untouched since it loaded, is submitted
+    page.get_by_role("button", name="Submit").click()
+    conflict = page.locator("#document-conflict")
+    expect(conflict).to_be_visible(timeout=10_000)
+    expect(page.locator("#document-newer")).to_have_text("My draft. Finished in the other tab.")
+    participant.refresh_from_db()
+    assert participant.status == "final"
+    page.get_by_role("button", name="Use the newer text").click()
+    expect(page.locator("#document-text")).to_have_value("My draft. Finished in the other tab.")
+    answer_the_survey(page)
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#completion-code")).to_have_text(study.completion_code)
+    assert browsing.errors == []
+    participant.refresh_from_db()
+    assert participant.final_survey.document_text == "My draft. Finished in the other tab."
+    assert participant.document_versions.last().text == "My draft. Finished in the other tab."
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_an_insert_whose_save_failed_is_still_recorded_as_the_insert_of_its_reply(
+    web_server, browsing, scripted_model
+):
+    study = scripted_study(scripted_model)
+    scripted_model.replies.append(REPLY)
+    page = browsing.page
+    enter_chat(page, study, "doc4")
+    send(page, "Give me a title for a post about reading.", replies=1)
+    participant = Participant.objects.get(study=study, external_id="prolific:doc4")
+    reply = Message.objects.get(participant=participant, role="assistant")
+    dropped = []
+
+    def drop_the_first_insert(route):
+        if not dropped and "inserted" in (route.request.post_data or ""):
+            dropped.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/document/", drop_the_first_insert)
+    page.get_by_role("button", name="Insert into document").click()
+    expect(page.locator("#document-status")).to_contain_text("no connection")
+    type_at_end(page, " And mine.")  # typing before the retry must not hide the insert
+    saved(page)
+    assert dropped
+    rows = list(participant.document_versions.order_by("number"))
+    assert rows[0].source == "inserted" and rows[0].from_message_id == reply.pk
+    assert rows[-1].text == REPLY + " And mine."

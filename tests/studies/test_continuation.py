@@ -88,6 +88,8 @@ def test_a_completed_continuation_sits_beside_the_reply_and_is_not_a_turn(chatti
     cut.refresh_from_db()
     assert cut.status == outcome.message.status == Message.Status.COMPLETE
     assert chat_state(participant_id=chatting.pk)["completed_turns"] == 1
+    completed = Event.objects.filter(participant=chatting, kind="study.turn.completed")
+    assert [e.payload.get("continues") for e in completed.order_by("id")] == [None, cut.pk]
 
 
 def _refused(participant, message, code):
@@ -251,3 +253,22 @@ def test_another_participants_reply_is_not_continued(chatting):
     before = snapshot(stranger)
     _refused(chatting, theirs, "not_continuable")
     assert snapshot(stranger) == before
+
+
+def test_a_reaped_continuation_that_finishes_after_a_new_turn_is_kept_not_completed(chatting):
+    cut = turn(chatting).message
+    part = continue_(chatting, cut)
+    turns.turn_fail(
+        message_id=part.pk, text="goes", kind=turns.REAPED, detail="gone", interrupted=True
+    )
+    nxt = turns.turn_start(participant_id=chatting.pk, text="Never mind.", key=new_key())
+    assert not turns.turn_checkpoint(message_id=part.pk, text="goes on")
+    outcome = finish(part, "goes on.", "stop")
+    assert outcome.superseded
+    part.refresh_from_db()
+    assert part.status == Message.Status.INTERRUPTED and part.content == "goes on."
+    # The new turn's reply was asked without that text; later turns must not see it either.
+    finish(nxt.assistant_message, "Fine.", "stop")
+    third = turns.turn_start(participant_id=chatting.pk, text="And then?", key=new_key())
+    history = generation_plan(message_id=third.assistant_message.pk).messages
+    assert "goes on." not in " ".join(m["content"] for m in history)

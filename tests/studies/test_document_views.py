@@ -117,6 +117,14 @@ def test_the_preview_renders_sanitised_markdown(client, study):
     assert "<strong>bold</strong>" in html and "<script>" not in html
 
 
+def test_previews_beyond_the_rate_bound_answer_429(client, study, monkeypatch):
+    to_chat(client, study)
+    monkeypatch.setattr(documents, "SAVES_PER_WINDOW", 2)
+    answers = [client.post(url("document_preview", study), {"text": "x" * 1000}) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert answers[-1].json()["message"] and "html" not in answers[-1].json()
+
+
 def test_the_preview_needs_the_session(study):
     response = Client().post(url("document_preview", study), {"text": "x"})
     assert response.status_code == 403
@@ -192,3 +200,62 @@ def test_a_save_after_completion_answers_400_and_changes_nothing(client, study):
     response = post(client, study, "Afterthought.", 1)
     assert response.status_code == 400
     assert list(participant.document_versions.values_list("text", flat=True)) == ["Handed in."]
+
+
+def to_final_with_a_newer_version_from_another_tab(client, study):
+    """The final page loaded at version 1; then another tab saved version 2."""
+    participant = to_chat(client, study)
+    finish_turns(participant, study.min_turns)
+    post(client, study, "Draft.", 0)
+    client.post(url("finish", study))
+    assert 'id="document-version" value="1"' in client.get(url("final", study)).content.decode()
+    post(client, study, "Finished in the other tab.", 1)
+    return participant
+
+
+def final_answers(text, version):
+    return {
+        "document_text": text, "document_version": str(version), "document_quality": "8",
+        "overall_interaction": "9", "strengths": "s", "weaknesses": "w",
+    }  # fmt: skip
+
+
+def test_a_final_submission_from_a_stale_page_is_refused_with_the_newer_text(client, study):
+    participant = to_final_with_a_newer_version_from_another_tab(client, study)
+    response = client.post(url("final", study), final_answers("Draft.", 1))
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Finished in the other tab.</pre>" in page and "Draft.</textarea>" in page
+    assert 'data-newer-version="2"' in page and 'data-version="1"' in page
+    participant.refresh_from_db()
+    assert participant.status == "final" and not hasattr(participant, "final_survey")
+    assert list(participant.document_versions.values_list("text", flat=True)) == [
+        "Draft.",
+        "Finished in the other tab.",
+    ]
+    refused = Event.objects.get(participant=participant, kind="study.document.stale_refused")
+    assert refused.payload["text"] == "Draft." and refused.payload["source"] == "final"
+
+
+def test_a_final_submission_on_the_latest_version_after_the_conflict_is_accepted(client, study):
+    participant = to_final_with_a_newer_version_from_another_tab(client, study)
+    client.post(url("final", study), final_answers("Draft.", 1))
+    response = client.post(url("final", study), final_answers("Draft.", 2))
+    assert response.url == url("done", study)
+    assert participant.document_versions.order_by("-number").first().text == "Draft."
+    assert participant.document_versions.last().source == "final"
+
+
+def test_a_document_at_the_limit_saved_by_the_pane_can_be_handed_in_as_browsers_send_it(
+    client, study
+):
+    participant = to_chat(client, study)
+    finish_turns(participant, study.min_turns)
+    text = ("w" * 99 + "\n") * (documents.MAX_DOCUMENT_CHARS // 100)
+    assert post(client, study, text, 0).status_code == 200
+    client.post(url("finish", study))
+    as_sent = text.strip().replace("\n", "\r\n")  # a form's textarea is sent with CRLF line ends
+    response = client.post(url("final", study), final_answers(as_sent, 1))
+    assert response.status_code == 302
+    participant.refresh_from_db()
+    assert participant.final_survey.document_text == text.strip()

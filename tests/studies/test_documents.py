@@ -1,5 +1,8 @@
 """The participant's working document: versioned saves, stale saves refused without loss."""
 
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -161,3 +164,11 @@ def test_erasure_removes_the_versions(chatting):
     record = erasure.participant_erase(participant_id=chatting.pk, requested_by="dpo", reason="x")
     assert record.erased_rows["studies.DocumentVersion"] == 1
     assert not DocumentVersion.objects.exists()
+
+
+def test_the_document_service_can_be_imported_first():
+    """A worker or command importing it before the participants package must not fail on the
+    participants -> final -> documents cycle."""
+    code = "import django; django.setup(); import studies.services.documents"
+    run = subprocess.run([sys.executable, "-c", code], env=os.environ.copy(), capture_output=True)
+    assert run.returncode == 0, run.stderr.decode()[-500:]

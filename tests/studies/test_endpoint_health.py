@@ -136,7 +136,7 @@ def test_the_endpoint_list_shows_health_and_the_last_hour(
         page = researcher.get(reverse("admin:studies_modelendpoint_changelist"))
     assert page.status_code == 200
     html = page.content.decode()
-    assert "down" in html and "4 · 25% · 0.40s · 0.02s · 50.0" in html
+    assert "down" in html and "4 · 25% · 0.40 s · 0.02 s · 50.0" in html
     for i in range(3):
         ConditionFactory(endpoint=ModelEndpointFactory(name=f"more-{i}"))
     with django_assert_max_num_queries(len(first.captured_queries)):

@@ -109,7 +109,7 @@ def test_it_reports_completion_and_dropout_rates_and_median_times(study):
     assert totals.completion_rate == 0.75 and totals.dropout_rate == 0.25
     assert totals.median_wall == pytest.approx(1200, abs=2)
     assert totals.median_active == 500
-    assert totals.median_active_text == "8m 20s"
+    assert totals.median_active_text == "8 min 20 s"
 
 
 def test_pilots_and_previews_are_counted_apart_from_real_participants(study):

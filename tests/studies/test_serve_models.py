@@ -77,6 +77,8 @@ def test_the_demo_without_an_adapter_describes_the_embedded_llama_server(setting
     endpoint = ModelEndpoint.objects.get(name="default")
     assert (endpoint.server, endpoint.launch) == ("llama_cpp", {"port": 8081, "n_ctx": 2048})
     assert study.conditions.get(key="collabllm").model_name == ""
+    label = study.conditions.get(key="collabllm").label
+    assert "no adapter" in label and "GPU" not in label
 
 
 def test_the_demo_with_an_adapter_is_one_vllm_server_with_base_and_adapter(settings):
@@ -89,6 +91,7 @@ def test_the_demo_with_an_adapter_is_one_vllm_server_with_base_and_adapter(setti
     arms = {c.key: (c.endpoint_id, c.model_name) for c in study.conditions.all()}
     assert set(arms.values()) == {(endpoint.pk, ""), (endpoint.pk, "collabllm")}
     assert arms["collabllm"] == (endpoint.pk, "collabllm")
+    assert "LoRA adapter collabllm" in study.conditions.get(key="collabllm").label
     assert "--lora-modules collabllm=/ckpt/collabllm" in serve_models("--print-commands")
 
 

@@ -155,11 +155,13 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: str | Path) -> Pat
 
 
 class ProgressCallback(TrainerCallback):
-    """Reports (global step, total steps, latest logs) to `on_progress` as training goes."""
+    """Reports (global step, total steps, logs) to `on_progress` as training goes.
+
+    Logs go out once, with the step that logged them; a step that logged nothing reports {}.
+    """
 
     def __init__(self, on_progress: ProgressFn) -> None:
         self.on_progress = on_progress
-        self.logs: dict[str, Any] = {}
 
     def on_log(
         self,
@@ -169,15 +171,14 @@ class ProgressCallback(TrainerCallback):
         logs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Keep the newest logs and report them with the current step."""
-        self.logs = dict(logs or {})
-        self.on_progress(state.global_step, state.max_steps, self.logs)
+        """Report the logs with the step that made them."""
+        self.on_progress(state.global_step, state.max_steps, dict(logs or {}))
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Report each finished optimizer step."""
-        self.on_progress(state.global_step, state.max_steps, self.logs)
+        self.on_progress(state.global_step, state.max_steps, {})
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from training.models import STAGE_ORDER, TrainingRun, TrainingStage
+from training.pipeline.curves import curve_add, curve_point
 
 S = TrainingStage.Status
 STALE_AFTER = timedelta(minutes=10)
@@ -40,6 +41,8 @@ def run_dir(run: TrainingRun) -> Path:
 def _enabled(run: TrainingRun, name: str) -> bool:
     if name in _TRAINING_STAGES:
         return bool(run.stages.get(name, {}).get("enabled"))
+    if name == "evaluate":
+        return run.eval_tasks > 0  # 0 held-out tasks: no benchmark, so no vLLM server needed
     return True
 
 
@@ -104,6 +107,13 @@ class Reporter:
         self.stage, self.interval, self._last = stage, interval, 0.0
         self._lines = stage.log.splitlines()[-LOG_LINES:]
 
+    def trained(self, step: int, total: int, logs: dict[str, Any] | None = None) -> None:
+        """A training step's progress, and its loss (and rewards) on the stage's curve."""
+        point = curve_point(step, logs or {})
+        if point is not None:
+            self.stage.curve = curve_add(self.stage.curve, point)
+        self.progress(step, max(total, step))
+
     def progress(self, done: int, total: int) -> None:
         self.stage.done, self.stage.total = min(done, total), total
         if time.monotonic() - self._last >= self.interval or done >= total:
@@ -121,6 +131,7 @@ class Reporter:
             total=self.stage.total,
             heartbeat_at=timezone.now(),
             log="\n".join(self._lines),
+            curve=self.stage.curve,
         )
 
 

@@ -104,7 +104,7 @@ def build_data(run: TrainingRun, stage: TrainingStage, reporter: Reporter) -> di
 
 
 def _progress(reporter: Reporter):
-    return lambda step, total, logs=None: reporter.progress(step, max(total, step))
+    return reporter.trained
 
 
 def _hyper(run: TrainingRun, name: str) -> dict[str, Any]:
@@ -119,6 +119,7 @@ def _hyper(run: TrainingRun, name: str) -> dict[str, Any]:
         "num_train_epochs": float(stage.get("epochs", 1)),
         "max_steps": int(stage.get("max_steps", -1)),
         "max_length": int(run.stages.get("max_length", 2048)),
+        "logging_steps": 1,  # a point per step on the progress page's loss curve
     }
 
 

@@ -7,7 +7,11 @@ StudyActionError and changes nothing. The names below are the package's interfac
 other services import them from here.
 """
 
-from studies.services.participants.brief import participant_choose_topic, participant_submit_intent
+from studies.services.participants.brief import (
+    participant_choose_topic,
+    participant_submit_intent,
+    participant_take_only_topic,
+)
 from studies.services.participants.chat import completed_turns, participant_finish_chat
 from studies.services.participants.check import (
     COMPREHENSION_ATTEMPTS,
@@ -46,4 +50,5 @@ __all__ = [
     "participant_step",
     "participant_submit_final",
     "participant_submit_intent",
+    "participant_take_only_topic",
 ]

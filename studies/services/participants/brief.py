@@ -25,16 +25,36 @@ def participant_choose_topic(*, participant_id: int, task_id: int) -> Participan
         ).first()
         if task is None:
             raise StudyActionError("bad_topic", _("Please choose one of the listed topics."))
-        participant.task = task
-        fields = activity_apply(participant, signal="page", now=timezone.now())
-        participant.save(update_fields=["task", *fields])
-        event_record(
-            study_id=participant.study_id,
-            participant_id=participant.pk,
-            kind="study.participant.topic_chosen",
-            payload={"task_id": task.pk},
-        )
+        _take_topic(participant, task, only_topic=False)
     return participant
+
+
+def participant_take_only_topic(*, participant_id: int) -> Participant:
+    """Give the participant their document type's topic when it is the only one: no choice."""
+    with transaction.atomic():
+        participant = locked(participant_id, expected={P.CONSENTED})
+        if participant.task_id is not None:
+            return participant
+        tasks = list(
+            Task.objects.filter(
+                study_id=participant.study_id, document_type=participant.document_type
+            )[:2]
+        )
+        if len(tasks) == 1:
+            _take_topic(participant, tasks[0], only_topic=True)
+    return participant
+
+
+def _take_topic(participant: Participant, task: Task, *, only_topic: bool) -> None:
+    participant.task = task
+    fields = activity_apply(participant, signal="page", now=timezone.now())
+    participant.save(update_fields=["task", *fields])
+    event_record(
+        study_id=participant.study_id,
+        participant_id=participant.pk,
+        kind="study.participant.topic_chosen",
+        payload={"task_id": task.pk, "only_topic": only_topic},
+    )
 
 
 def participant_submit_intent(*, participant_id: int, answers: list[str]) -> Participant:

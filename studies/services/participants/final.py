@@ -8,8 +8,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from studies.models import FinalSurvey, Participant
+from studies.services import documents  # the module: documents imports this package first
 from studies.services.activity import activity_apply
-from studies.services.documents import document_save_final, normalise
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
 from studies.services.participants.check import answers_wrong
@@ -28,11 +28,15 @@ class FinalAnswers:
     attention: tuple[int | None, ...] = ()
 
 
-def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> Participant:
+def participant_submit_final(
+    *, participant_id: int, answers: FinalAnswers, document_version: int | None = None
+) -> Participant:
     """Store the final document and survey, score attention checks and complete the participant.
 
     Failing the attention checks still completes the participant (their data are kept); the
     outcome selects the code they are shown, and exclusion rules can mark them later.
+    `document_version` is the version the page's document was edited from: when another tab has
+    saved a newer one since, DocumentStale is raised (the refused text kept in an Event).
     """
     answers = replace(
         answers,
@@ -46,39 +50,50 @@ def participant_submit_final(*, participant_id: int, answers: FinalAnswers) -> P
             _("The document is limited to %(max_document_chars)s characters.")
             % {"max_document_chars": MAX_DOCUMENT_CHARS},
         )
-    now = timezone.now()
+    text = normalise_newlines(answers.document_text)
     with transaction.atomic():
         participant = locked(participant_id, step="final")  # late submissions included
-        late = participant.status if participant.status != P.FINAL else None
-        frozen = frozen_study(participant)
-        checks = frozen.attention_checks
-        wrong = answers_wrong(checks, list(answers.attention))
-        survey = asdict(answers)
-        attention = survey.pop("attention")
-        survey["document_text"] = normalise(answers.document_text)
-        document_save_final(participant=participant, text=survey["document_text"])
-        FinalSurvey.objects.create(
-            participant=participant,
-            **survey,
-            extra_answers={"attention": list(attention)} if checks else {},
+        stale = documents.document_final_stale(
+            participant=participant, text=text, base_version=document_version
         )
-        threshold = min(frozen.attention_fail_threshold, len(checks))
-        failed = bool(checks) and len(wrong) >= max(1, threshold)
-        participant.attention_failures = len(wrong)
-        participant.outcome = (
-            Participant.Outcome.FAILED_ATTENTION if failed else Participant.Outcome.COMPLETED
-        )
-        participant.status = P.COMPLETED
-        participant.completed_at = now
-        fields = activity_apply(participant, signal="page", now=now)
-        participant.save(
-            update_fields=["status", "completed_at", "outcome", "attention_failures", *fields]
-        )
-        event_record(
-            study_id=participant.study_id,
-            participant_id=participant.pk,
-            kind="study.participant.completed",
-            # A late survey (after housekeeping ended them) is kept; their slot may be reused.
-            payload={"outcome": participant.outcome, "attention_wrong": wrong, "late": late},
-        )
+        if stale is None:
+            _complete(participant, answers, text)
+    if stale is not None:
+        raise stale  # after the commit: the event keeps the refused text
     return participant
+
+
+def _complete(participant: Participant, answers: FinalAnswers, text: str) -> None:
+    now = timezone.now()
+    late = participant.status if participant.status != P.FINAL else None
+    frozen = frozen_study(participant)
+    checks = frozen.attention_checks
+    wrong = answers_wrong(checks, list(answers.attention))
+    survey = asdict(answers)
+    attention = survey.pop("attention")
+    survey["document_text"] = text
+    documents.document_save_final(participant=participant, text=text)
+    FinalSurvey.objects.create(
+        participant=participant,
+        **survey,
+        extra_answers={"attention": list(attention)} if checks else {},
+    )
+    threshold = min(frozen.attention_fail_threshold, len(checks))
+    failed = bool(checks) and len(wrong) >= max(1, threshold)
+    participant.attention_failures = len(wrong)
+    participant.outcome = (
+        Participant.Outcome.FAILED_ATTENTION if failed else Participant.Outcome.COMPLETED
+    )
+    participant.status = P.COMPLETED
+    participant.completed_at = now
+    fields = activity_apply(participant, signal="page", now=now)
+    participant.save(
+        update_fields=["status", "completed_at", "outcome", "attention_failures", *fields]
+    )
+    event_record(
+        study_id=participant.study_id,
+        participant_id=participant.pk,
+        kind="study.participant.completed",
+        # A late survey (after housekeeping ended them) is kept; their slot may be reused.
+        payload={"outcome": participant.outcome, "attention_wrong": wrong, "late": late},
+    )

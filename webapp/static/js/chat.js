@@ -60,6 +60,7 @@
     socket.onmessage = (event) => handle(JSON.parse(event.data));
     socket.onclose = (event) => {
       root.dataset.connected = "false";
+      continuing = null; // a Continue in flight may be lost: the state after reconnecting decides
       if (event.code === 4403) { location.reload(); return; }
       connection.textContent = gettext("Reconnecting… your messages are safe.");
       setTimeout(connect, retryDelay);
@@ -150,6 +151,16 @@
     });
   }
 
+  // Only the last reply can be retried (the server refuses any other): a failed continuation
+  // that a new turn left behind keeps its message but loses its button.
+  function dropStaleRetries() {
+    const replies = list.querySelectorAll("li.message.assistant");
+    const lastReply = replies[replies.length - 1];
+    list.querySelectorAll(".failure .retry").forEach((n) => {
+      if (n.closest("li") !== lastReply) n.remove();
+    });
+  }
+
   function showFailure(b, m) {
     const box = document.createElement("div");
     box.className = "failure";
@@ -190,6 +201,7 @@
       { done: state.completed_turns, min: state.min_turns });
     if (timeUp) showTimeUp();
     showCutNotices();
+    dropStaleRetries();
     updateCount();
     updateCountdown();
     updateWriting();

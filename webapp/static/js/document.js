@@ -24,6 +24,7 @@
   let version = Number(pane.dataset.version || 0);
   let saved = normal(area.value); // the text of `version` on the server
   let timer = null, chain = Promise.resolve(), newer = null, touched = false, leaving = false;
+  let pendingInsert = null; // the reply of an insert not yet saved: the next save records it
 
   const dirty = () => normal(area.value) !== saved;
   function say(text) { if (status.textContent !== text) status.textContent = text; }
@@ -59,6 +60,8 @@
 
   async function saveNow(source, messageId) {
     if (newer || leaving) return; // a conflict waits for the participant's choice
+    if (messageId) pendingInsert = messageId;
+    else if (pendingInsert) { source = "inserted"; messageId = pendingInsert; }
     const text = normal(area.value);
     if (text === saved && !messageId) return;
     say(gettext("Saving…"));
@@ -77,6 +80,7 @@
     if (response.ok) {
       version = data.version;
       saved = text;
+      pendingInsert = null;
       keepLocal();
       if (dirty()) schedule(SAVE_AFTER_MS); else say(gettext("Saved."));
     } else if (response.status === 409) {
@@ -84,6 +88,7 @@
     } else {
       say(fmt(gettext("Not saved: %(reason)s"), { reason: data.message || response.statusText }));
       if (response.status === 429) schedule(RETRY_MS);
+      else pendingInsert = null; // refused for good (e.g. that reply cannot be inserted)
     }
   }
 
@@ -101,7 +106,7 @@
     conflict.hidden = true;
     version = theirs.version;
     saved = normal(theirs.text);
-    if (useNewer) { area.value = theirs.text; say(gettext("Saved.")); }
+    if (useNewer) { area.value = theirs.text; pendingInsert = null; say(gettext("Saved.")); }
     keepLocal();
     area.focus();
     if (!useNewer) save("typed"); // on top of the newer version
@@ -135,14 +140,28 @@
 
   function beacon() {
     if (leaving || newer || !dirty() || !navigator.sendBeacon) return;
-    const data = form(normal(area.value), "typed");
+    const data = form(normal(area.value), pendingInsert ? "inserted" : "typed", pendingInsert);
     data.append("csrfmiddlewaretoken", csrf);
     navigator.sendBeacon(pane.dataset.saveUrl, data); // the local copy stays until a load sees it
   }
   window.addEventListener("pagehide", beacon);
   document.addEventListener("visibilitychange", () => { if (document.hidden) beacon(); });
-  // The final page's form sends the text itself: no autosave may race it.
-  if (area.form) area.form.addEventListener("submit", () => { leaving = true; clearTimeout(timer); });
+  // The final page's form sends the text itself, with the version it was edited from (a newer
+  // one from another tab refuses it): no autosave may race it, and one under way is awaited
+  // (briefly) so that the version sent is the one it made.
+  // (submit(), not requestSubmit(): the form was validated, and the latter is ignored while
+  // the submit event is still being dispatched.)
+  if (area.form) {
+    area.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      leaving = true;
+      clearTimeout(timer);
+      Promise.race([chain.catch(() => {}), new Promise((ok) => setTimeout(ok, 3000))]).then(() => {
+        $("document-version").value = String(version);
+        area.form.submit();
+      });
+    });
+  }
 
   // Tabs (WAI-ARIA tabs pattern): click or arrow keys; `panels` false leaves showing to CSS.
   function tabs(list, onSelect, panels) {
@@ -269,5 +288,9 @@
     show: () => { if (showTab) showTab($("tab-document"), false); },
   };
 
+  // A final submission refused as stale comes back with the newer text: offer the choice.
+  if (conflict.dataset.newerVersion) {
+    showConflict({ version: Number(conflict.dataset.newerVersion), text: $("document-newer").textContent });
+  }
   restoreLocal();
 })();
