@@ -12,6 +12,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
+from studies.admin.common import render_admin_page
 from studies.models import Study
 from training.charts import stage_charts
 from training.forms import TrainingRunForm
@@ -163,14 +164,14 @@ def progress_page(request: HttpRequest, run_id: int, *, model_admin) -> HttpResp
         "checkpoints": list(run.checkpoints.select_related("endpoint")),
         "can_change": model_admin.has_run_permission(request),
     }
-    if request.htmx:
-        return render(request, "admin/training/progress.html#training-progress", context)
-    context |= {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": f"Training run: {run.name}",
-    }
-    return render(request, "admin/training/progress.html", context)
+    return render_admin_page(
+        request,
+        "admin/training/progress.html",
+        context,
+        partial="training-progress",
+        model_admin=model_admin,
+        title=f"Training run: {run.name}",
+    )
 
 
 @require_POST
