@@ -12,8 +12,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
+from studies.admin.common import render_admin_page
 from studies.models import Study
 from training.charts import stage_charts
+from training.forms import TrainingRunForm
 from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
 from training.services.checkpoints import checkpoint_add_to_study
@@ -34,6 +36,7 @@ def progress_url(run: TrainingRun) -> str:
 class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ["name", "status", "task_set", "created_by", "created_at", "progress_link"]
     list_filter = ["status", "task_set"]
+    form = TrainingRunForm
     readonly_fields = ["status", "created_by", "created_at", "finished_at"]
     actions = ["start_runs"]
     fieldsets = [
@@ -65,7 +68,18 @@ class TrainingRunAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Stages", {"fields": ["stages", "eval_tasks"]}),
+        (
+            "Stages",
+            {
+                "fields": [
+                    "sft",
+                    "dpo",
+                    "online_dpo",
+                    ("per_device_batch_size", "max_length"),
+                    "eval_tasks",
+                ]
+            },
+        ),
         ("Status", {"fields": ["status", "created_by", "created_at", "finished_at"]}),
     ]
 
@@ -157,14 +171,14 @@ def progress_page(request: HttpRequest, run_id: int, *, model_admin) -> HttpResp
         "can_change": model_admin.has_run_permission(request),
         "retryable": RETRYABLE,
     }
-    if request.htmx:
-        return render(request, "admin/training/progress.html#training-progress", context)
-    context |= {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": f"Training run: {run.name}",
-    }
-    return render(request, "admin/training/progress.html", context)
+    return render_admin_page(
+        request,
+        "admin/training/progress.html",
+        context,
+        partial="training-progress",
+        model_admin=model_admin,
+        title=f"Training run: {run.name}",
+    )
 
 
 @require_POST

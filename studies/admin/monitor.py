@@ -6,11 +6,12 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from studies import monitor
+from studies.admin.common import render_admin_page
 from studies.admin.pilots import pilot_context, pilot_urls, queue_pilot
 from studies.models import Study
 from studies.services.access import access_link
@@ -77,21 +78,25 @@ def monitor_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpRes
         "can_change": model_admin.has_run_permission(request),
         "population_links": [(p, _monitor_url(study, p)) for p in monitor.POPULATIONS],
     }
-    if request.htmx:
-        return render(request, "admin/studies/monitor.html#monitor-live", context)
-    context |= {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": f"Monitor: {study.title}",
-        "preview_link": request.build_absolute_uri(access_link(study, "preview")),
-        # A pilot link makes pilot participants, which only roles that run a study may do.
-        "pilot_link": (
-            request.build_absolute_uri(access_link(study, "pilot")) if context["can_change"] else ""
-        ),
-        "pilot_form": PilotForm(),
-        **pilot_context(study, can_change=context["can_change"]),
-    }
-    return render(request, "admin/studies/monitor.html", context)
+    return render_admin_page(
+        request,
+        "admin/studies/monitor.html",
+        context,
+        partial="monitor-live",
+        model_admin=model_admin,
+        title=f"Monitor: {study.title}",
+        page_context=lambda: {
+            "preview_link": request.build_absolute_uri(access_link(study, "preview")),
+            # A pilot link makes pilot participants, which only roles that run a study may do.
+            "pilot_link": (
+                request.build_absolute_uri(access_link(study, "pilot"))
+                if context["can_change"]
+                else ""
+            ),
+            "pilot_form": PilotForm(),
+            **pilot_context(study, can_change=context["can_change"]),
+        },
+    )
 
 
 @require_POST

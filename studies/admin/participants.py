@@ -6,6 +6,7 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.template.loader import render_to_string
 from django.utils.html import format_html, format_html_join
 
 from studies.admin.common import (
@@ -18,7 +19,7 @@ from studies.models import (
     Event,
     Participant,
 )
-from studies.numbers import duration_text, thousands_text
+from studies.numbers import duration_text
 from studies.services import (
     outcomes,
     reentry,
@@ -190,43 +191,19 @@ class ParticipantAdmin(admin.ModelAdmin):
     @admin.display(description="transcript (ratings inline)")
     def transcript(self, obj: Participant) -> str:
         ratings = {r.after_turn: r for r in obj.ratings.all()}
-        parts = []
-        for m in obj.messages.order_by("id"):
-            timing = ""
-            if m.role == "assistant":
-                timing = (
-                    f"{m.status}; {m.model}; {m.prompt_ref};"
-                    f" ttft {m.time_to_first_token or 0:.2f}s;"
-                    f" {duration_text(m.duration or 0)};"
-                    f" tokens {thousands_text(m.prompt_tokens)}"
-                    f"/{thousands_text(m.completion_tokens)}"
-                    f"; finish {m.finish_reason or '-'}"
-                )
-                if m.continuation_of_id:
-                    timing += f"; continues message {m.continuation_of_id}"
-            parts.append(
-                format_html(
-                    '<div class="transcript-turn"><b>#{} {}</b> <small>{} {}</small>'
-                    "<pre>{}</pre></div>",
-                    m.turn_index,
-                    m.role,
-                    m.created_at.strftime("%H:%M:%S"),
-                    timing,
-                    m.content,
-                )
-            )
-            rating = (
-                ratings.get(m.turn_index)
+        turns = [
+            {
+                "message": m,
+                "ttft": m.time_to_first_token or 0,
+                "duration": m.duration or 0,
+                # A rating follows the turn's first complete reply, not a continuation of it.
+                "rating": ratings.get(m.turn_index)
                 if m.role == "assistant" and m.status == "complete" and not m.continuation_of_id
-                else None
-            )
-            if rating:
-                parts.append(
-                    format_html(
-                        "<p><i>Rating after turn {}: {}/10</i></p>", rating.after_turn, rating.score
-                    )
-                )
-        return format_html_join("", "{}", ((p,) for p in parts))
+                else None,
+            }
+            for m in obj.messages.order_by("id")
+        ]
+        return render_to_string("admin/studies/participant/transcript.html", {"turns": turns})
 
     @admin.display(description="final survey")
     def final(self, obj: Participant) -> str:

@@ -10,11 +10,12 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET, require_POST
 
+from studies.admin.common import render_admin_page
 from studies.models import ReportRun, Study
 from studies.services import jobs, reports
 from studies.services.exports import FORMATS
@@ -99,14 +100,14 @@ def report_page(request: HttpRequest, study_id: int, *, model_admin) -> HttpResp
         "can_build": may_export(model_admin, request, study),
         "arms": list(study.conditions.values_list("key", flat=True)),
     }
-    if request.htmx:
-        return render(request, "admin/studies/report.html#report-status", context)
-    context |= {
-        **model_admin.admin_site.each_context(request),
-        "opts": model_admin.opts,
-        "title": f"Analysis report: {study.title}",
-    }
-    return render(request, "admin/studies/report.html", context)
+    return render_admin_page(
+        request,
+        "admin/studies/report.html",
+        context,
+        partial="report-status",
+        model_admin=model_admin,
+        title=f"Analysis report: {study.title}",
+    )
 
 
 @require_POST

@@ -14,16 +14,24 @@ from studies.admin import reports as admin_reports
 from studies.admin.common import (
     RUN_STUDY,
 )
+from studies.admin.setup_forms import (
+    ConditionForm,
+    ConditionFormSet,
+    StudyForm,
+    TaskForm,
+    available_prompts_html,
+    prompt_preview_html,
+)
 from studies.models import (
     Condition,
     Study,
     Task,
 )
 from studies.services import (
-    assignment,
     exclusions,
     lifecycle,
     reports,
+    setup,
     versions,
 )
 from studies.services.errors import StudyActionError
@@ -32,29 +40,33 @@ from studies.services.errors import StudyActionError
 REAL = Q(participants__is_pilot=False, participants__is_preview=False)
 
 
-class ConditionInline(admin.TabularInline):
+class ConditionInline(admin.StackedInline):
     model = Condition
+    form = ConditionForm
+    formset = ConditionFormSet
     extra = 0
+    classes = ["setup-inline"]
     fields = [
-        "key",
-        "label",
-        "endpoint",
-        "model_name",
-        "system_prompt",
-        "prompt_version",
+        ("key", "label", "is_active", "allow_continue"),
+        ("endpoint", "model_name"),
+        ("system_prompt", "prompt_version"),
+        "prompt_preview",
         "generation_params",
-        "weight",
-        "cap",
-        "cap_per_stratum",
-        "is_active",
-        "allow_continue",
+        ("weight", "cap", "cap_per_stratum"),
     ]
+    readonly_fields = ["prompt_preview"]
+
+    @admin.display(description="Prompt text")
+    def prompt_preview(self, obj: Condition | None) -> str:
+        return prompt_preview_html(obj)
 
 
-class TaskInline(admin.TabularInline):
+class TaskInline(admin.StackedInline):
     model = Task
+    form = TaskForm
     extra = 0
-    fields = ["document_type", "topic", "brief", "intent_questions"]
+    classes = ["setup-inline"]
+    fields = [("document_type", "topic"), "brief", "intent_questions"]
 
 
 @admin.register(Study)
@@ -73,6 +85,11 @@ class StudyAdmin(admin.ModelAdmin):
         "report_link",
     ]
     list_filter = ["status"]
+    form = StudyForm
+
+    class Media:
+        css = {"all": ["css/setup.css"]}
+
     prepopulated_fields = {"slug": ["title"]}
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [ConditionInline, TaskInline]
@@ -101,11 +118,17 @@ class StudyAdmin(admin.ModelAdmin):
         ("Quality", {"fields": ["comprehension_questions", "attention_checks",
                                 "attention_fail_threshold", "exclusion_rules",
                                 "abandon_after_minutes"]}),
+        ("System prompts the arms can use", {"fields": ["available_prompts"]}),
     ]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):
-        # Status changes go through the actions (going live publishes the configuration).
-        return ["config_version", "status"] if obj is not None else ["config_version"]
+        # Status changes go through the actions (going live checks the whole study and publishes
+        # the configuration); a new study is a draft.
+        return ["config_version", "status", "available_prompts"]
+
+    @admin.display(description="Prompts")
+    def available_prompts(self, obj: Study | None) -> str:
+        return available_prompts_html()
 
     def save_related(self, request, form, formsets, change) -> None:
         super().save_related(request, form, formsets, change)
@@ -119,10 +142,8 @@ class StudyAdmin(admin.ModelAdmin):
                 f"earlier keep version {before}.",
                 messages.INFO,
             )
-        problems = assignment.design_problems(study)
-        problems += exclusions.rules_problems(study.exclusion_rules or {})
-        for problem in problems:
-            self.message_user(request, f"Check the design: {problem}", messages.WARNING)
+        for problem in setup.study_problems(study):
+            self.message_user(request, f"Before going live: {problem}", messages.WARNING)
 
     def _set_status(self, request, queryset, status: str) -> None:
         for study in queryset:
@@ -130,6 +151,13 @@ class StudyAdmin(admin.ModelAdmin):
                 lifecycle.study_set_status(
                     study_id=study.pk, status=status, by=request.user.get_username()
                 )
+            except lifecycle.StudyNotReady as exc:
+                n = len(exc.problems)
+                self.message_user(
+                    request, f"{study.slug}: A study needs {n} fix(es) to go live:", messages.ERROR
+                )
+                for problem in exc.problems:
+                    self.message_user(request, f"{study.slug}: {problem}", messages.ERROR)
             except StudyActionError as exc:
                 self.message_user(request, f"{study.slug}: {exc.message}", messages.ERROR)
             else:

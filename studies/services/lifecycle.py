@@ -6,6 +6,7 @@ from django.utils.translation import gettext as _
 from studies.models import Study
 from studies.services.errors import StudyActionError
 from studies.services.events import event_record
+from studies.services.setup import study_problems
 from studies.services.versions import version_publish
 
 S = Study.Status
@@ -15,6 +16,18 @@ ALLOWED = {
     S.PAUSED: {S.LIVE, S.CLOSED},
     S.CLOSED: set(),
 }
+
+
+class StudyNotReady(StudyActionError):
+    """Going live refused: `problems` lists every reason, so all can be fixed in one pass."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            "incomplete",
+            _("A study needs %(n)d fix(es) before it can go live: %(list)s")
+            % {"n": len(problems), "list": " ".join(problems)},
+        )
+        self.problems = problems
 
 
 def study_set_status(*, study_id: int, status: str, by: str = "") -> Study:
@@ -30,11 +43,8 @@ def study_set_status(*, study_id: int, status: str, by: str = "") -> Study:
                 % {"current": study.status, "wanted": status},
             )
         if status == S.LIVE:
-            if not study.conditions.filter(is_active=True).exists() or not study.tasks.exists():
-                raise StudyActionError(
-                    "incomplete",
-                    _("A study needs at least one active arm and one task to go live."),
-                )
+            if problems := study_problems(study):
+                raise StudyNotReady(problems)
             version_publish(study, by=by)
         previous = study.status
         study.status = status

@@ -5,6 +5,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
+from studies.models import TurnRating
 from studies.services import turns
 from tests.factories import ParticipantFactory
 from tests.studies.conftest import advance_to_chat, complete_reply, new_key
@@ -33,6 +34,19 @@ def test_a_researcher_reads_a_transcript_with_timings(researcher, chatted):
     page = researcher.get(url).content.decode()
     assert "Draft my post" in page and "Here is a **draft**" in page
     assert "ttft 0.10s" in page and chatted.condition.key in page
+
+
+def test_the_transcript_shows_each_rating_after_its_turn_and_escapes_what_was_written(
+    researcher, chatted
+):
+    reply = chatted.messages.get(role="assistant")
+    TurnRating.objects.create(participant=chatted, after_turn=reply.turn_index, score=7)
+    chatted.messages.filter(role="user").update(content="<script>x</script>")
+    url = reverse("admin:studies_participant_change", args=[chatted.pk])
+    page = researcher.get(url).content.decode()
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x</script>" not in page
+    turn, rating = page.index("Here is a **draft**"), page.index("Rating after turn")
+    assert turn < rating and f"Rating after turn {reply.turn_index}: 7/10" in page
 
 
 def test_a_researcher_creates_a_study_with_arms_and_tasks_inline(researcher):

@@ -11,6 +11,7 @@ from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from tests.factories import ConditionFactory, StudyFactory, TaskFactory, three_arm_study
 from tests.studies.conftest import advance_to_chat, new_key
+from tests.studies.formdata import form_data
 from tests.studies.test_flow import enter, url
 
 pytestmark = pytest.mark.django_db
@@ -149,31 +150,9 @@ def test_the_version_admin_shows_what_changed(researcher, study):
     assert "<code>study.min_turns</code>" not in page
 
 
-def change_form_data(response) -> dict:
-    """The study change form's current values, as the browser would post them back."""
-    data: dict = {}
-
-    def add(form) -> None:
-        for field in form:
-            value = field.value()
-            if value is None or value is False:
-                continue
-            if isinstance(value, list | tuple):
-                data[field.html_name] = [str(v) for v in value]
-            else:
-                data[field.html_name] = "on" if value is True else str(value)
-
-    add(response.context["adminform"].form)
-    for inline in response.context["inline_admin_formsets"]:
-        add(inline.formset.management_form)
-        for form in inline.formset.forms:
-            add(form)
-    return data
-
-
 def save_in_admin(client, study, **overrides):
     change = reverse("admin:studies_study_change", args=[study.pk])
-    data = change_form_data(client.get(change)) | overrides
+    data = form_data(client.get(change).content.decode()) | overrides
     response = client.post(change, data, follow=True)
     assert response.redirect_chain, response.context["adminform"].form.errors
     return response
@@ -182,7 +161,7 @@ def save_in_admin(client, study, **overrides):
 def test_saving_an_edited_arm_in_the_admin_publishes_a_version_and_says_so(researcher, study):
     versions.version_publish(study)
     response = save_in_admin(
-        researcher, study, **{"conditions-0-generation_params": '{"max_tokens": 40}'}
+        researcher, study, **{"conditions-0-generation_params_max_tokens": "40"}
     )
     assert any("configuration version 2" in m for m in messages_of(response))
     latest = StudyVersion.objects.filter(study=study).latest("number")

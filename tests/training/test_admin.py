@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -12,6 +10,7 @@ from django.utils import timezone
 
 from studies.models import Condition, Study
 from tests.factories import ModelEndpointFactory, StudyFactory
+from tests.studies.formdata import form_data
 from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
 
@@ -117,9 +116,11 @@ def test_a_run_is_configured_and_started_from_the_admin(
     researcher, tmp_path, django_capture_on_commit_callbacks
 ):
     endpoint = ModelEndpointFactory()
+    add = reverse("admin:training_trainingrun_add")
     response = researcher.post(
-        reverse("admin:training_trainingrun_add"),
-        {
+        add,
+        form_data(researcher.get(add).content.decode())  # the stage fields, at their defaults
+        | {
             "name": "paper-settings",
             "base_model": "/models/base",
             "task_set": "document",
@@ -134,7 +135,6 @@ def test_a_run_is_configured_and_started_from_the_admin(
             "token_clamp": "on",
             "token_scope": "assistant+user",
             "eval_tasks": 4,
-            "stages": json.dumps(TrainingRun._meta.get_field("stages").get_default()),
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
