@@ -24,7 +24,7 @@ def study_admins_get_pilot_run_permissions(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("studies", "0011_setup_forms")]
+    dependencies = [("studies", "0010_declined_outcome")]
 
     operations = [
         migrations.AddField(
