@@ -93,6 +93,9 @@ def stale_filter(
     # A row run inline (a command, a test: no task id) has only its heartbeat to go by.
     sent = ~Q(task_id="")
     if workers is not None:
+        # A worker running the task outweighs an old heartbeat (one long step: an analysis, a
+        # pilot participant, a training step on a CPU); the heartbeat is the fallback.
+        stale &= ~(sent & Q(task_id__in=workers))
         stale |= Q(status="running") & sent & ~Q(task_id__in=workers)
     held = broker | (workers or set())
     return stale | (queued_long & sent & ~Q(task_id__in=held))

@@ -79,14 +79,29 @@ def test_a_running_report_whose_worker_is_gone_is_interrupted_and_can_be_retried
     ReportRun.objects.filter(pk__in=[orphan.pk, alive.pk]).update(
         status=R.RUNNING, heartbeat_at=timezone.now()
     )
+    # No worker answers: only the heartbeat counts.
+    assert jobs.recover_interrupted(workers=None)["reports"] == [quiet.pk]
     # The workers answer: only `alive`'s task is running on one of them.
-    found = jobs.recover_interrupted(workers={alive.task_id, quiet.task_id})
-    assert sorted(found["reports"]) == sorted([quiet.pk, orphan.pk])
+    found = jobs.recover_interrupted(workers={alive.task_id})
+    assert found["reports"] == [orphan.pk]
     assert ReportRun.objects.get(pk=alive.pk).status == R.RUNNING
     assert ReportRun.objects.get(pk=orphan.pk).status == R.INTERRUPTED
     with django_capture_on_commit_callbacks() as sent:
         retried = reports.report_run_retry(run_id=orphan.pk)
     assert retried.status == R.QUEUED and retried.task_id != orphan.task_id and len(sent) == 1
+
+
+def test_a_report_in_a_long_step_stays_running_while_a_worker_says_it_runs_it(
+    study, settings, django_capture_on_commit_callbacks
+):
+    # One step (an analysis, a pilot participant, a training step on a CPU) can outlast
+    # JOB_STALE_MINUTES: the heartbeat is only the fallback for when no worker answers.
+    busy = _queued(study, django_capture_on_commit_callbacks)
+    stale = timezone.now() - timedelta(minutes=settings.JOB_STALE_MINUTES, seconds=1)
+    ReportRun.objects.filter(pk=busy.pk).update(status=R.RUNNING, heartbeat_at=stale)
+    assert jobs.recover_interrupted(workers={busy.task_id})["reports"] == []
+    assert ReportRun.objects.get(pk=busy.pk).status == R.RUNNING
+    assert jobs.recover_interrupted(workers=None)["reports"] == [busy.pk]
 
 
 def test_a_queued_report_counts_as_lost_only_when_no_queue_holds_its_message(
