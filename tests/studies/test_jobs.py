@@ -177,3 +177,22 @@ def test_an_export_runs_to_a_zip_and_is_offered_cancel_then_retry_on_the_report_
         done.out_dir.rsplit("/", 1)[1]
     ]
     assert reports.latest_report_run(study) is None  # an export is not a report
+
+
+def test_an_export_cancelled_in_the_same_second_as_a_finished_one_keeps_that_ones_zip(
+    study, monkeypatch, django_capture_on_commit_callbacks
+):
+    # Two exports of one format in the same second (a double click, two reports workers): the
+    # cancelled one must clean only its own folder and zip.
+    from types import SimpleNamespace
+
+    fixed = timezone.now()
+    monkeypatch.setattr(reports, "timezone", SimpleNamespace(now=lambda: fixed))
+    with django_capture_on_commit_callbacks():
+        first = reports.report_run_queue(reports.export_run_create(study_id=study.pk, fmt="csv"))
+        second = reports.report_run_queue(reports.export_run_create(study_id=study.pk, fmt="csv"))
+    first = reports.export_run_execute(run_id=first.pk)
+    assert first.status == R.DONE
+    ReportRun.objects.filter(pk=second.pk).update(status=R.RUNNING, cancel_requested=True)
+    assert reports.export_run_execute(run_id=second.pk).status == R.CANCELLED
+    assert [str(p) for p in reports.export_zips(study)] == [first.out_dir]
