@@ -104,6 +104,18 @@ def test_a_report_in_a_long_step_stays_running_while_a_worker_says_it_runs_it(
     assert jobs.recover_interrupted(workers=None)["reports"] == [busy.pk]
 
 
+def test_a_running_report_missing_from_a_partial_worker_reply_stays_running_while_unacked(
+    study, django_capture_on_commit_callbacks
+):
+    # A busy worker can miss inspect's one-second window: the others' reply then lacks its task,
+    # but the task's message is still delivered-and-unacknowledged (acks_late) in the broker.
+    busy = _queued(study, django_capture_on_commit_callbacks)
+    ReportRun.objects.filter(pk=busy.pk).update(status=R.RUNNING, heartbeat_at=timezone.now())
+    found = jobs.recover_interrupted(workers={"another-task"}, broker={busy.task_id})
+    assert found["reports"] == []
+    assert ReportRun.objects.get(pk=busy.pk).status == R.RUNNING
+
+
 def test_a_queued_report_counts_as_lost_only_when_no_queue_holds_its_message(
     study, django_capture_on_commit_callbacks
 ):
