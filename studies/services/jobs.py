@@ -92,9 +92,14 @@ def stale_filter(
     queued_long = Q(status="queued") & Q(**{f"{queued_since}__lt": now - QUEUED_GRACE})
     # A row run inline (a command, a test: no task id) has only its heartbeat to go by.
     sent = ~Q(task_id="")
-    if workers is not None:
-        stale |= Q(status="running") & sent & ~Q(task_id__in=workers)
     held = broker | (workers or set())
+    if workers is not None:
+        # A worker running the task outweighs an old heartbeat (one long step: an analysis, a
+        # pilot participant, a training step on a CPU); the heartbeat is the fallback.
+        stale &= ~(sent & Q(task_id__in=workers))
+        # A busy worker may miss inspect's window, so its running task counts as gone only when
+        # its message is not in the broker either (acks_late: unacknowledged until it ends).
+        stale |= Q(status="running") & sent & ~Q(task_id__in=held)
     return stale | (queued_long & sent & ~Q(task_id__in=held))
 
 

@@ -143,7 +143,9 @@ def export_run_execute(*, run_id: int) -> ReportRun:
         progress=0.0, step="exporting", error="",
     )  # fmt: skip
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S")
-    folder = export_dir(run.study) / f"{stamp}-{run.export_format}"
+    # The run's id keeps two exports of one second (a double click, two workers) apart: each
+    # cleans only its own folder and zip.
+    folder = export_dir(run.study) / f"{stamp}-{run.export_format}-{run.pk}"
     status, extra = ReportRun.Status.DONE, {"progress": 1.0, "step": "done"}
     try:
         export_study(

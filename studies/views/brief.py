@@ -8,7 +8,7 @@ from django.views.decorators.http import require_http_methods
 
 from studies import selectors
 from studies.forms import FreeTextField
-from studies.pages import at_step
+from studies.pages import at_step, moved_on
 from studies.services import participants as svc
 from studies.services.errors import StudyActionError
 from studies.services.versions import frozen_study
@@ -32,7 +32,10 @@ def brief(request: HttpRequest, slug: str) -> HttpResponse:
         return participant
     if request.method == "GET" and participant.task is None:
         # A one-item topic list is no choice: take it and go straight to the intent questions.
-        participant = svc.participant_take_only_topic(participant_id=participant.pk)
+        try:
+            participant = svc.participant_take_only_topic(participant_id=participant.pk)
+        except StudyActionError:  # moved on since the step check (e.g. timed out)
+            return moved_on(participant.pk)
     error = None
     form = IntentForm(participant.task.intent_questions) if participant.task else None
     if request.method == "POST":

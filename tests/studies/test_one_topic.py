@@ -1,5 +1,7 @@
 """A one-item topic list is no choice: the brief takes it and asks the intent questions."""
 
+import importlib
+
 import pytest
 from django.urls import reverse
 
@@ -57,3 +59,26 @@ def test_two_topics_are_still_a_choice(client):
     participant.refresh_from_db()
     assert participant.task is None and page.count('name="task"') == 2
     assert _topic_events(participant) == []
+
+
+def test_a_participant_timed_out_as_the_brief_opens_is_sent_on_not_shown_an_error(
+    client, monkeypatch
+):
+    # Housekeeping ends the participation between the page's step check and the topic's lock.
+    brief = importlib.import_module("studies.views.brief")  # the module, not the view
+
+    study = _study(topics=1)
+    participant = _consented(client, study)
+    real_at_step = brief.at_step
+
+    def at_step_then_timed_out(request, slug, step):
+        found = real_at_step(request, slug, step)
+        Participant.objects.filter(pk=participant.pk).update(status=Participant.Status.TIMED_OUT)
+        return found
+
+    monkeypatch.setattr(brief, "at_step", at_step_then_timed_out)
+    response = client.get(reverse("studies:brief", args=[study.slug]))
+
+    assert response.status_code == 302
+    participant.refresh_from_db()
+    assert participant.task is None and _topic_events(participant) == []

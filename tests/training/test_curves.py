@@ -120,3 +120,19 @@ def test_a_higher_loss_is_drawn_higher_up():
     chart = line_chart([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}], "loss", "Loss")
     first, second = chart.markers
     assert first.y < second.y and first.x < second.x
+
+
+@pytest.mark.django_db
+def test_a_diverged_step_neither_stops_the_progress_write_nor_bends_the_chart():
+    # fp16 on a tiny run can log loss nan or inf: the JSON column takes no NaN, and the stage
+    # must not fail over a progress line; the chart plots the finite steps.
+    run = TrainingRun.objects.create(
+        name="nan", base_model="/m", policy_endpoint=ModelEndpointFactory(), stages=STAGES
+    )
+    stage = TrainingStage.objects.create(run=run, name="sft", position=0, status="running")
+    reporter = Reporter(stage)
+    reporter.trained(1, 3, {"loss": 2.0})
+    reporter.trained(2, 3, {"loss": float("nan"), "rewards/margins": float("inf")})
+    reporter.trained(3, 3, {"loss": 1.0})
+    stage.refresh_from_db()
+    assert [p["step"] for p in stage.curve] == [1.0, 3.0] and stage.done == 3

@@ -272,6 +272,36 @@ def test_a_run_cancelled_while_collecting_stops_at_its_next_progress_write(
     assert _stage(run, "build_data").status == S.PENDING
 
 
+@pytest.mark.parametrize("ends", ["finishes", "fails"])
+def test_a_cancel_during_a_stages_last_stretch_still_ends_the_stage(
+    tmp_path, monkeypatch, ends, django_capture_on_commit_callbacks
+):
+    # Cancel pressed after the stage's last progress write: its closing log line must not leave
+    # the stage running with no worker (its result kept when it finished, its error when not).
+    from training.services import work
+
+    def last_stretch(run, stage, reporter):
+        runs.run_cancel(run_id=run.pk)
+        if ends == "fails":
+            raise RuntimeError("out of memory")
+        return {"examples": 3}
+
+    monkeypatch.setitem(work.STAGE_WORK, "collect", last_stretch)
+    run = _run(ModelEndpointFactory(), tmp_path)
+    with django_capture_on_commit_callbacks():
+        runs.run_start(run_id=run.pk)
+    with django_capture_on_commit_callbacks() as queued:
+        status = runs.stage_execute(stage_id=_stage(run, "collect").pk)
+    collect = _stage(run, "collect")
+    run.refresh_from_db()
+    assert not queued and collect.status == status != S.RUNNING
+    if ends == "finishes":
+        assert status == S.SUCCEEDED and collect.result == {"examples": 3}
+        assert run.status == TrainingRun.Status.CANCELLED
+    else:
+        assert status == S.FAILED and "out of memory" in collect.error
+
+
 def _adapter(tmp_path, rank=32):
     folder = tmp_path / "out" / "dpo" / "adapter"
     folder.mkdir(parents=True)

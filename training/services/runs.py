@@ -139,12 +139,12 @@ class Reporter:
         if time.monotonic() - self._last >= self.interval or done >= total:
             self.flush()
 
-    def log(self, line: str) -> None:
+    def log(self, line: str, *, check_cancel: bool = True) -> None:
         stamp = timezone.now().strftime("%H:%M:%S")
         self._lines = [*self._lines, f"{stamp} {line}"][-LOG_LINES:]
-        self.flush()
+        self.flush(check_cancel=check_cancel)
 
-    def flush(self) -> None:
+    def flush(self, *, check_cancel: bool = True) -> None:
         self._last = time.monotonic()
         TrainingStage.objects.filter(pk=self.stage.pk).update(
             done=self.stage.done,
@@ -153,7 +153,8 @@ class Reporter:
             log="\n".join(self._lines),
             curve=self.stage.curve,
         )
-        job_check_cancel(TrainingRun, self.run_id)
+        if check_cancel:
+            job_check_cancel(TrainingRun, self.run_id)
 
 
 Work = Callable[[TrainingRun, TrainingStage, Reporter], dict[str, Any]]
@@ -174,10 +175,10 @@ def stage_execute(*, stage_id: int) -> str:
         _stop(stage, S.CANCELLED)
         return S.CANCELLED
     except Exception as exc:
-        reporter.log(f"failed: {exc!r}")
+        reporter.log(f"failed: {exc!r}", check_cancel=False)  # the work is over: record it
         _fail(stage, exc)
         return S.FAILED
-    reporter.log("finished")
+    reporter.log("finished", check_cancel=False)
     with transaction.atomic():
         TrainingStage.objects.filter(pk=stage.pk).update(
             status=S.SUCCEEDED, finished_at=timezone.now(), result=result
