@@ -636,6 +636,18 @@ class Event(models.Model):
         return f"{self.kind} ({self.participant_id})"
 
 
+class JobStatus(models.TextChoices):
+    """Where a background job (a report, an export, a pilot) is; studies.services.jobs marks a
+    queued or running one interrupted when no worker holds it any more."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
 class ReportRun(models.Model):
     """One export-and-analysis run of a study (or, kind "export", a background export into a
     zip), done by a Celery task; the admin shows the last of each."""
@@ -644,13 +656,7 @@ class ReportRun(models.Model):
         REPORT = "report"
         EXPORT = "export"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-        INTERRUPTED = "interrupted"
+    Status = JobStatus
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="report_runs")
     kind = models.CharField(max_length=6, choices=Kind.choices, default=Kind.REPORT)
@@ -686,13 +692,7 @@ class ReportRun(models.Model):
 class PilotRun(models.Model):
     """One pilot of simulated participants, run by a Celery task; counters grow as they finish."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-        INTERRUPTED = "interrupted"
+    Status = JobStatus
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="pilot_runs")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)

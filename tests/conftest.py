@@ -1,4 +1,4 @@
-"""Fixtures shared across the suite: fake and real model servers."""
+"""Fixtures shared across the suite: fake and real model servers, a logged-in researcher."""
 
 import os
 import time
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.db import connections
+from django.test import Client
 
 from models_serving.client import EndpointSpec, close_clients
 from models_serving.launch import EMBEDDED_ALIAS, start_llama_server, stop_server, wait_until_ready
@@ -22,6 +23,17 @@ async def _close_model_clients() -> AsyncIterator[None]:
     """
     yield
     await close_clients()
+
+
+@pytest.fixture
+def researcher(db) -> Client:
+    """A test client logged in as a superuser (tests of roles make their own users)."""
+    from django.contrib.auth.models import User  # the app registry is ready once tests run
+
+    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """A small named world: a researcher (staff), a participant and a stranger."""
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
@@ -11,14 +10,6 @@ from tests.factories import ParticipantFactory
 from tests.studies.conftest import advance_to_chat, complete_reply, new_key
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

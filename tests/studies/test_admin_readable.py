@@ -3,22 +3,12 @@
 import re
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 
 from studies.models import Participant
 from tests.factories import ParticipantFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _cells(page: str, column: str) -> list[str]:

@@ -45,14 +45,6 @@ def reports_dir(settings, tmp_path):
     return settings.REPORTS_DIR
 
 
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def fake_builder(calls, *, fail=False):
     """Stands in for analysis.report.build_report: reports progress, checks the run, writes."""
 

@@ -3,8 +3,6 @@
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -32,14 +30,6 @@ def fake_url():
 @pytest.fixture
 def dead_url():
     return f"http://127.0.0.1:{free_port()}/v1"
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_a_serving_endpoint_is_up_and_lists_its_models(fake_url):

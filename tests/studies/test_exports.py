@@ -7,10 +7,8 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 import pytest
-from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import connection
-from django.test import Client
 from django.urls import reverse
 
 from analysis import schema
@@ -378,14 +376,6 @@ def test_export_study_command_writes_the_files(world, tmp_path, capsys):
     assert (out / "participants.parquet").exists() and not (out / "participants.csv").exists()
     with pytest.raises(CommandError, match="no study"):
         call_command("export_study", "nope", "--out", str(tmp_path / "x"))
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def export_action(client, study, **form):

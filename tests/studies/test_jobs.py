@@ -4,8 +4,6 @@ their worker is gone (studies/services/jobs.py)."""
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -28,14 +26,6 @@ def reports_dir(settings, tmp_path):
 @pytest.fixture
 def study():
     return build_world().study
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def _queued(study, django_capture_on_commit_callbacks) -> ReportRun:

@@ -16,14 +16,6 @@ pytestmark = pytest.mark.django_db
 P = Participant.Status
 
 
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
-
-
 def monitor_url(study, **query):
     url = reverse("admin:studies_study_monitor", args=[study.pk])
     return url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")

@@ -5,7 +5,6 @@ from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
-from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -423,14 +422,6 @@ def test_broken_rules_are_refused_even_when_nobody_has_finished(ruled):
     ruled.save()
     with pytest.raises(ValueError, match="min_turnz"):
         exclusions.exclusions_apply(study_id=ruled.pk)
-
-
-@pytest.fixture
-def researcher(db):
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def admin_messages(response) -> list[str]:

@@ -2,8 +2,6 @@
 field that is wrong, with nothing saved."""
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 from django.utils.html import escape
 
@@ -14,14 +12,6 @@ from tests.factories import ConditionFactory, StudyFactory, TaskFactory
 from tests.studies.formdata import form_data
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Frozen study configurations (versions), their admin, and study status changes."""
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
@@ -124,14 +123,6 @@ def test_the_diff_names_a_new_arm(study):
     paths = [path for path, _, _ in versions.version_diff(first, second)]
     assert "arms.extra.system_prompt" in paths
     assert all(p.startswith("arms.extra.") for p in paths)
-
-
-@pytest.fixture
-def researcher(db):
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def messages_of(response) -> list[str]:

@@ -1,8 +1,6 @@
 """Training stages are edited as named, range-checked fields; nothing is typed as JSON."""
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 
 from tests.factories import ModelEndpointFactory
@@ -10,14 +8,6 @@ from tests.studies.formdata import form_data
 from training.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def researcher():
-    user = User.objects.create_superuser("researcher", "r@example.org", "pw-researcher-1")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
