@@ -11,15 +11,20 @@ from websockets.asyncio.client import ClientConnection, connect
 from studies.pilot.simulator import SimulatedUser, UserSimulator
 
 MAX_RETRIES_PER_TURN = 1
+# A participant told "you are sending messages too quickly" waits and sends again; the server's
+# limit is a one-minute window (CHAT_TURNS_PER_MINUTE), so this many pauses always outlast it.
+RATE_LIMIT_PAUSE_SECONDS = 10.0
+RATE_LIMIT_RESENDS = 7
 
 
 class StepFailed(Exception):
     """A step of the visit went wrong; `step` names it in the report."""
 
-    def __init__(self, step: str, message: str) -> None:
+    def __init__(self, step: str, message: str, code: str | None = None) -> None:
         super().__init__(f"{step}: {message}")
         self.step = step
         self.message = message
+        self.code = code  # the server's error code, when the server refused
 
 
 @dataclass
@@ -74,11 +79,7 @@ class ChatSession:
             self.outcome.fallbacks.append(message.fallback)
         key = str(uuid.uuid4())
         await self._send({"type": "presence", "signal": "active"})
-        started = time.monotonic()
-        await self._send({"type": "send", "text": message.text, "key": key})
-        ack = await self._until(
-            lambda f: f["type"] == "ack" and f.get("key") == key, step="chat", key=key
-        )
+        ack, started = await self._send_message(message.text, key)
         self.history.append({"role": "user", "content": ack["message"]["text"]})
         for attempt in range(MAX_RETRIES_PER_TURN + 1):
             frame, first_text = await self._reply()
@@ -98,6 +99,23 @@ class ChatSession:
                 raise error
             self.outcome.errors.append(error)  # a participant would press retry, and so do we
             await self._send({"type": "retry", "message_id": frame["id"]})
+        raise AssertionError("unreachable")
+
+    async def _send_message(self, text: str, key: str) -> tuple[dict, float]:
+        """The server's ack of the message, and when the accepted send left."""
+        for resend in range(RATE_LIMIT_RESENDS + 1):
+            started = time.monotonic()
+            await self._send({"type": "send", "text": text, "key": key})
+            try:
+                ack = await self._until(
+                    lambda f: f["type"] == "ack" and f.get("key") == key, step="chat", key=key
+                )
+                return ack, started
+            except StepFailed as refused:
+                if refused.code != "rate_limited" or resend == RATE_LIMIT_RESENDS:
+                    raise
+                self.outcome.errors.append(refused)  # survived: shown in the report
+                await rate_limit_pause()
         raise AssertionError("unreachable")
 
     async def _reply(self) -> tuple[dict, float | None]:
@@ -134,13 +152,20 @@ class ChatSession:
                     if frame.get("type") == "error" and (
                         key is None or frame.get("key") in (key, None)
                     ):
-                        raise StepFailed(step, f"{frame.get('code')}: {frame.get('message')}")
+                        raise StepFailed(
+                            step, f"{frame.get('code')}: {frame.get('message')}", frame.get("code")
+                        )
                     if wanted(frame):
                         return frame
         except TimeoutError:
             raise StepFailed(
                 step, f"no answer from the server in {self.frame_timeout:.0f}s"
             ) from None
+
+
+async def rate_limit_pause() -> None:
+    """What a participant told to slow down does before pressing send again."""
+    await asyncio.sleep(RATE_LIMIT_PAUSE_SECONDS)
 
 
 async def chat_run(

@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from asgiref.sync import sync_to_async
 from celery.utils import uuid
+from channels.db import database_sync_to_async
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -87,7 +87,9 @@ def pilot_run_execute(*, run_id: int, base_url: str | None = None) -> dict:
     PilotRun.objects.filter(pk=run.pk).update(
         status=P.RUNNING, started_at=now, heartbeat_at=now, done=0, completed=0, errors=0
     )
-    counted = sync_to_async(_count)
+    # channels' wrapper closes the connection after each call: the thread it runs on outlives
+    # the pilot, and a connection kept there would never go back to the pool.
+    counted = database_sync_to_async(_count)
 
     async def finished(participant: ParticipantRun) -> bool:
         return await counted(run.pk, participant)

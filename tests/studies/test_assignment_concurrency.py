@@ -19,6 +19,7 @@ from django.urls import reverse
 from studies.models import AssignmentCounter, Participant, Study
 from studies.services import allocation, outcomes
 from studies.services import participants as svc
+from studies.services.errors import StudyActionError
 from tests.factories import ParticipantFactory, three_arm_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -169,7 +170,7 @@ def test_a_capped_arrival_counts_a_new_stratum_opened_while_it_waits():
     def late() -> None:
         try:
             svc.participant_consent(participant_id=late_uk.pk)
-        except svc.StudyActionError as exc:
+        except StudyActionError as exc:
             refused.append(exc.code)
         finally:
             connection.close()
@@ -234,8 +235,15 @@ def release_when_waiting(gate: Callable[[], None], waiters: int, start: Callable
     Every arrival then sorts and picks its row while the locks are held: the same moment for all,
     with no sleeps, so the outcome is the same on every run.
     """
-    done = threading.Event()
-    runner = threading.Thread(target=lambda: (start(), done.set()))
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start()
+        except BaseException as exc:  # re-raised below: the test fails with the thread's cause
+            raised.append(exc)
+
+    runner = threading.Thread(target=run)
     with transaction.atomic():
         gate()
         runner.start()
@@ -243,7 +251,8 @@ def release_when_waiting(gate: Callable[[], None], waiters: int, start: Callable
         while _waiting() < waiters and time.monotonic() < deadline:
             time.sleep(0.02)
     runner.join()
-    assert done.is_set()
+    if raised:
+        raise raised[0]
 
 
 def _waiting() -> int:

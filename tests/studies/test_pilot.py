@@ -2,14 +2,17 @@
 
 import asyncio
 import io
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connections
+from django.db.models import F
 
 from studies.models import Condition, Event, Message, Participant, PilotRun, Study
+from studies.pilot import chat as pilot_chat
 from studies.pilot.driver import STEPS
 from studies.pilot.page import page_parse
 from studies.pilot.runs import pilot_run_create, pilot_run_execute
@@ -119,6 +122,45 @@ async def test_a_pilot_cancelled_while_running_starts_no_new_participant(web_ser
     assert (run.status, run.done, run.participants) == ("cancelled", 1, 3)
     assert report["participants"] == 1 and run.report == report
     assert len(await participants_of(study)) == 1
+
+
+@pytest.fixture
+def one_turn_a_minute(monkeypatch):
+    """The web server (started after this fixture) takes one message a minute per participant."""
+    monkeypatch.setenv("CHAT_TURNS_PER_MINUTE", "1")
+
+
+async def test_a_simulated_participant_told_to_slow_down_waits_and_sends_again(
+    one_turn_a_minute, web_server, fake_model, monkeypatch
+):
+    study = await pilot_ready_study(fake_model.base_url)
+    pauses = []
+
+    async def a_minute_passes() -> None:  # the server's clock is the messages' created_at
+        pauses.append("a minute")
+        await sync_to_async(age_messages_by_a_minute)(study)
+
+    monkeypatch.setattr(pilot_chat, "rate_limit_pause", a_minute_passes)
+
+    report = await in_thread(
+        run_pilot, study.pk, participants=1, concurrency=1, base_url=web_server
+    )
+
+    assert pauses == ["a minute"]  # turn 2 was refused once, then taken: turn 1's message had aged
+    assert report["completed"] == 1 and report["turns"] == 2
+    assert report["errors"]["chat"] == 1
+    assert report["error_messages"]["chat"] == [
+        "1x rate_limited: You are sending messages too quickly."
+    ]
+    (person,) = await participants_of(study)
+    assert person.status == Participant.Status.COMPLETED
+    count = Message.objects.filter(participant=person, role=Message.Role.USER).count
+    assert await sync_to_async(count)() == 2  # the resent message was stored once
+
+
+def age_messages_by_a_minute(study: Study) -> None:
+    aged = Message.objects.filter(participant__study=study)
+    aged.update(created_at=F("created_at") - timedelta(minutes=1))
 
 
 async def test_a_failing_arm_shows_as_chat_errors_and_the_command_exits_non_zero(

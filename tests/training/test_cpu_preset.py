@@ -39,9 +39,11 @@ def test_make_base_model_unpacks_the_embedded_model_into_a_folder_training_loads
 
 
 def test_the_make_target_runs_the_converter():
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}}
     dry = subprocess.run(
-        ["make", "-n", "-o", ".venv/.requirements-installed", "base-model"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        ["make", "-n", "--no-print-directory", "-o", ".venv/.requirements-installed", "base-model"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert dry.stdout.strip().splitlines()[-1].endswith("-m models_serving.convert")
 
