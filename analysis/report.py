@@ -74,6 +74,31 @@ def choose_reference_arm(arms: list[str], requested: str | None) -> str:
     return "base" if "base" in arms else sorted(arms)[0]
 
 
+def _nothing_to_analyse(
+    *, loaded: int, pilot: int, dropped: int, declined: int, excluded: int
+) -> str:
+    """Why no participant is left, in the words of the admin's and the CLI's options."""
+    if loaded and pilot == loaded:
+        return (
+            f"no completed participant to analyse: all {loaded} are pilot participants, left out "
+            "by default; include pilot participants (the report page's checkbox, "
+            "--include-pilot) to analyse them"
+        )
+    counts = [
+        f"{n} {what}"
+        for n, what in [
+            (pilot, "pilot (left out by default: include pilot participants to keep them)"),
+            (declined, "declined consent"),
+            (dropped, "not completed"),
+            (excluded, "excluded by a recorded rule"),
+        ]
+        if n
+    ]
+    return f"no completed participant to analyse: {loaded} in the export" + (
+        f", of which {', '.join(counts)}" if counts else ""
+    )
+
+
 def prepare(
     export: Export, *, reference_arm: str | None = None, include_pilot: bool = False
 ) -> Prepared:
@@ -95,6 +120,16 @@ def prepare(
     kept, exclusions = stats.apply_exclusions(people)
     kept = kept.assign(arm=kept["arm"].astype("str"))
     arms = sorted(kept["arm"].dropna().unique().tolist())
+    if not arms:
+        raise ValueError(
+            _nothing_to_analyse(
+                loaded=len(export.participants),
+                pilot=0 if include_pilot else int(pilot.sum()),
+                dropped=len(dropped),
+                declined=int(declined.sum()),
+                excluded=len(people) - len(kept),
+            )
+        )
     ids = set(kept["participant_id"])
     ratings = export.turn_ratings
     ratings = ratings.loc[ratings["participant_id"].isin(ids)].assign(

@@ -346,3 +346,19 @@ def test_the_mixed_models_variance_components_and_icc_are_reported(report):
     assert model["icc"] == pytest.approx(between / (between + within))
     html = (out / "report.html").read_text()
     assert f"ICC = between / (between + residual) = {model['icc']:.3g}" in html
+
+
+def test_a_study_with_only_pilot_participants_says_how_to_analyse_them(tmp_path):
+    export = small_export(tmp_path, is_pilot=(slice(None), True))
+
+    with pytest.raises(ValueError) as refused:
+        prepare(load_export(export, tables=["participants", "turn_ratings"]))
+
+    message = str(refused.value)
+    assert "no completed participant to analyse" in message
+    assert f"all {len(load_export(export, tables=['participants']).participants)}" in message
+    assert "include pilot participants" in message
+    with_pilots = prepare(
+        load_export(export, tables=["participants", "turn_ratings"]), include_pilot=True
+    )
+    assert with_pilots.arms  # and with them it works
