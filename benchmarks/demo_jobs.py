@@ -47,6 +47,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import Group, User  # noqa: E402
 from django.urls import reverse  # noqa: E402
+from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from studies.models import PilotRun, ReportRun, Study  # noqa: E402
@@ -106,7 +107,14 @@ def click(page: Page, url: str, button: str) -> None:
 def build_report(page: Page, url: str) -> None:
     """The demo's participants are all pilot ones: the report must include them."""
     page.goto(url)
-    page.get_by_label("include pilot participants").check()
+    for attempt in range(5):  # the page may still be settling (its report section polls)
+        try:
+            page.get_by_label("include pilot participants").check()
+            break
+        except PlaywrightError:
+            if attempt == 4:
+                raise
+            page.wait_for_timeout(500)
     page.get_by_role("button", name="Build report", exact=True).click()
     page.wait_for_load_state()
 
