@@ -51,7 +51,7 @@ from playwright.sync_api import Error as PlaywrightError  # noqa: E402
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from studies.models import PilotRun, ReportRun, Study  # noqa: E402
-from training.models import TrainingRun, TrainingStage  # noqa: E402
+from training.models import TrainingStage  # noqa: E402
 from training.services.presets import run_from_preset  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -167,8 +167,10 @@ def main() -> int:
         mark(f"pilot {pilot.pk} started from the monitor")
 
         until(
-            lambda: PilotRun.objects.get(pk=pilot.pk).status == "running"
-            and TrainingStage.objects.filter(run=run, status="running").exists(),
+            lambda: (
+                PilotRun.objects.get(pk=pilot.pk).status == "running"
+                and TrainingStage.objects.filter(run=run, status="running").exists()
+            ),
             300,
             "the pilot and a training stage to run",
         )
@@ -219,9 +221,9 @@ def main() -> int:
         cancel_training = time.monotonic()
         mark(f"training run {run.pk}: Cancel pressed")
         until(
-            lambda: not TrainingStage.objects.filter(
-                run=run, status__in=["queued", "running"]
-            ).exists(),
+            lambda: (
+                not TrainingStage.objects.filter(run=run, status__in=["queued", "running"]).exists()
+            ),
             600,
             "the training run to stop",
         )
@@ -231,8 +233,7 @@ def main() -> int:
             f"{list(TrainingStage.objects.filter(run=run).values_list('name', 'status'))}"
         )
         until(
-            lambda: PilotRun.objects.get(pk=pilot.pk).status
-            in ("cancelled", "done", "failed"),
+            lambda: PilotRun.objects.get(pk=pilot.pk).status in ("cancelled", "done", "failed"),
             900,
             "the pilot to stop",
             every=2.0,
