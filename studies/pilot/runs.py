@@ -15,7 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from studies.models import PilotRun, Study
-from studies.services.jobs import JobStateError
+from studies.services.jobs import JobStateError, job_finish
 
 if TYPE_CHECKING:
     from studies.pilot.driver import ParticipantRun
@@ -104,14 +104,16 @@ def pilot_run_execute(*, run_id: int, base_url: str | None = None) -> dict:
         )
     except Exception as exc:
         logger.exception("pilot run %s of %s failed", run.pk, run.study.slug)
-        PilotRun.objects.filter(pk=run.pk).update(
-            status=P.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
+        job_finish(
+            PilotRun, run.pk, run.task_id,
+            status=P.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now(),
+        )  # fmt: skip
         raise
     cancelled = PilotRun.objects.filter(pk=run.pk, cancel_requested=True).exists()
-    PilotRun.objects.filter(pk=run.pk).update(
-        status=P.CANCELLED if cancelled else P.DONE, report=report, finished_at=timezone.now()
-    )
+    job_finish(
+        PilotRun, run.pk, run.task_id,
+        status=P.CANCELLED if cancelled else P.DONE, report=report, finished_at=timezone.now(),
+    )  # fmt: skip
     return report
 
 

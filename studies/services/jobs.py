@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 from celery import current_app
 from django.conf import settings
@@ -42,6 +43,20 @@ def job_check_cancel(model: type[Model], pk: int) -> None:
     """Raise JobCancelled when the job's row asks it to stop (call between units of work)."""
     if model._default_manager.filter(pk=pk, cancel_requested=True).exists():
         raise JobCancelled
+
+
+def job_finish(model: type[Model], pk: int, task_id: str, **fields: Any) -> bool:
+    """Write a job's ending, unless a Retry has handed the row to another task since it started.
+
+    The row must still carry the task id this execution started under, and be running or
+    interrupted (a worker that was only slow to answer finishes what recovery marked; a Retry
+    queues the row under a new task id, which this write then leaves alone). Returns whether the
+    row was written.
+    """
+    rows = model._default_manager.filter(
+        pk=pk, task_id=task_id, status__in=("running", "interrupted")
+    )
+    return bool(rows.update(**fields))
 
 
 def job_cancel(model: type[Model], pk: int) -> str:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from studies.models import ReportRun, Study
 from studies.services.exports import ExportError, ExportResult, Progress, export_study, zip_folder
-from studies.services.jobs import JobCancelled, JobStateError, job_check_cancel
+from studies.services.jobs import JobCancelled, JobStateError, job_check_cancel, job_finish
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def export_run_execute(*, run_id: int) -> ReportRun:
         status, extra = ReportRun.Status.FAILED, {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    ReportRun.objects.filter(pk=run.pk).update(status=status, finished_at=timezone.now(), **extra)
+    job_finish(ReportRun, run.pk, run.task_id, status=status, finished_at=timezone.now(), **extra)
     run.refresh_from_db()
     return run
 
@@ -238,17 +238,20 @@ def report_run_execute(*, run_id: int) -> ReportRun:
     except JobCancelled:
         # A half-built report is of no use: its folder goes, the row says it was cancelled.
         shutil.rmtree(out, ignore_errors=True)
-        ReportRun.objects.filter(pk=run.pk).update(
-            status=ReportRun.Status.CANCELLED, finished_at=timezone.now(), out_dir=""
-        )
+        job_finish(
+            ReportRun, run.pk, run.task_id,
+            status=ReportRun.Status.CANCELLED, finished_at=timezone.now(), out_dir="",
+        )  # fmt: skip
     except Exception as exc:
         logger.exception("report run %s of %s failed", run.pk, run.study.slug)
-        ReportRun.objects.filter(pk=run.pk).update(
+        job_finish(
+            ReportRun, run.pk, run.task_id,
             status=ReportRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}",
             finished_at=timezone.now(),
         )  # fmt: skip
     else:
-        ReportRun.objects.filter(pk=run.pk).update(
+        job_finish(
+            ReportRun, run.pk, run.task_id,
             status=ReportRun.Status.DONE, progress=1.0, step="done", summary=result.summary,
             finished_at=timezone.now(),
         )  # fmt: skip

@@ -198,3 +198,40 @@ def test_an_export_cancelled_in_the_same_second_as_a_finished_one_keeps_that_one
     ReportRun.objects.filter(pk=second.pk).update(status=R.RUNNING, cancel_requested=True)
     assert reports.export_run_execute(run_id=second.pk).status == R.CANCELLED
     assert [str(p) for p in reports.export_zips(study)] == [first.out_dir]
+
+
+def _retried_while_building(run: ReportRun, monkeypatch, *, retry: bool) -> None:
+    """While the worker builds, the row is marked interrupted (its worker seemed gone) and, with
+    `retry`, a researcher presses Retry (a new task id, queued again)."""
+    real = reports.analyze_study
+
+    def meanwhile(*args, **kwargs):
+        ReportRun.objects.filter(pk=run.pk).update(status=R.INTERRUPTED)
+        if retry:
+            ReportRun.objects.filter(pk=run.pk).update(status=R.QUEUED, task_id="the-retry")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reports, "analyze_study", meanwhile)
+
+
+@needs_report
+def test_a_report_finishing_after_a_retry_leaves_the_retried_run_alone(
+    study, django_capture_on_commit_callbacks, monkeypatch
+):
+    run = _queued(study, django_capture_on_commit_callbacks)
+    _retried_while_building(run, monkeypatch, retry=True)
+
+    reports.report_run_execute(run_id=run.pk)
+
+    run.refresh_from_db()
+    assert (run.status, run.task_id, run.finished_at) == (R.QUEUED, "the-retry", None)
+
+
+@needs_report
+def test_a_report_wrongly_marked_interrupted_that_then_finishes_is_done(
+    study, django_capture_on_commit_callbacks, monkeypatch
+):
+    run = _queued(study, django_capture_on_commit_callbacks)
+    _retried_while_building(run, monkeypatch, retry=False)
+
+    assert reports.report_run_execute(run_id=run.pk).status == R.DONE
