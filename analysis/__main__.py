@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--include-pilot", action="store_true", help="keep simulated pilot participants"
     )
+    report.add_argument(
+        "--rewards",
+        type=Path,
+        help="reply_rewards.csv from `manage.py score_study` (default: the one in the export)",
+    )
     return parser
 
 
@@ -40,8 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             include_pilot=args.include_pilot,
             n_boot=args.n_boot,
+            rewards=args.rewards,
         )
-    except (ExportError, ValueError) as exc:
+    except (ExportError, ValueError, OSError) as exc:
         print(f"analysis report: error: {exc}", file=sys.stderr)
         return 2
     sample = summary["sample"]

@@ -20,7 +20,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from analysis import documents, figures, power, sections, stats
+from analysis import agreement, documents, figures, power, sections, stats
 from analysis.html import render_html
 from analysis.io import Export, checkpoints, has_table, load_export
 from analysis.notebook import build_notebook
@@ -265,6 +265,8 @@ def summarise(
     n_boot: int = 2000,
     workers: int | None = None,
     progress: Progress | None = None,
+    reply_rewards: pd.DataFrame | None = None,
+    rewards_settings: dict[str, Any] | None = None,
 ) -> tuple[Prepared, dict[str, Any]]:
     """(prepared rows, the summary before JSON conversion).
 
@@ -292,9 +294,49 @@ def summarise(
         "sample": _sample(prep),
         "exclusions": prep.exclusions,
         **computed,
+        "reward_agreement": _reward_agreement(prep, reply_rewards, rewards_settings, seed, n_boot),
         "warnings": sorted(set(caught)),
     }
     return prep, summary
+
+
+REWARDS_FILE = "reply_rewards.csv"  # written by `manage.py score_study` beside an export
+REWARDS_SETTINGS_FILE = "reply_rewards_settings.json"
+
+
+def _reward_agreement(
+    prep: Prepared,
+    reply_rewards: pd.DataFrame | None,
+    settings: dict[str, Any] | None,
+    seed: int,
+    n_boot: int,
+) -> dict[str, Any] | None:
+    """How the multiturn-aware reward of each reply relates to the participants' own ratings, over
+    the participants this report analyses (None when no rewards were computed)."""
+    if reply_rewards is None:
+        return None
+    ids = set(prep.participants["participant_id"].astype("str"))
+    mine = reply_rewards.loc[reply_rewards["participant_id"].astype("str").isin(ids)]
+    section = agreement.agreement_section(
+        mine,
+        prep.turn_ratings,
+        prep.participants,
+        seed=stats.sub_seed(seed, "reward_agreement"),
+        n_boot=n_boot,
+        level=LEVEL,
+        arms=prep.arms,
+    )
+    models = [{"arm": arm, **fit} for arm, fit in section["mixed_model"].items()]
+    return {**section, "mixed_model_rows": models, "settings": settings or {}}
+
+
+def load_rewards(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A reply_rewards table and the settings it was computed with (the JSON beside it)."""
+    table = pd.read_csv(path, dtype={"participant_id": "string", "arm": "string"})
+    table["error"] = table["error"].fillna("")
+    settings_path = path.with_name(REWARDS_SETTINGS_FILE)
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    return table, settings
 
 
 def build_report(
@@ -307,8 +349,12 @@ def build_report(
     n_boot: int = 2000,
     progress: Progress | None = None,
     workers: int | None = None,
+    rewards: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write summary.json, figures/*.png, report.html and notebook.ipynb; return the summary.
+
+    rewards: a reply_rewards.csv (`manage.py score_study`); by default the one inside export_dir,
+    if there is one. Without it the reward-agreement section says it was not computed.
 
     workers: processes computing side by side (default: the CPUs available, at most 4; 1, i.e.
     in this process, inside a daemonic process such as a Celery worker).
@@ -317,6 +363,11 @@ def build_report(
     with_documents = has_table(export_dir, "document_versions")
     export = load_export(
         export_dir, tables=REPORT_TABLES + (DOCUMENT_TABLES if with_documents else ())
+    )
+    beside = Path(export_dir) / REWARDS_FILE
+    rewards_path = Path(rewards) if rewards is not None else beside if beside.is_file() else None
+    reply_rewards, rewards_settings = (
+        load_rewards(rewards_path) if rewards_path is not None else (None, None)
     )
     report("loaded", 0.05)
     prep, raw = summarise(
@@ -327,6 +378,8 @@ def build_report(
         n_boot=n_boot,
         workers=workers,
         progress=report,
+        reply_rewards=reply_rewards,
+        rewards_settings=rewards_settings,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

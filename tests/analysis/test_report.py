@@ -21,6 +21,7 @@ SECTIONS = {
     "schema_version", "generated_at", "export", "settings", "arms", "outcomes", "sample",
     "exclusions", "descriptives", "omnibus", "pairwise", "relative_change", "shares",
     "trajectories", "by_task_type", "power", "figures", "warnings", "documents",
+    "reward_agreement",
 }  # fmt: skip
 OUTCOMES = [
     "overall_interaction", "document_quality", "wall_seconds", "active_seconds", "n_user_turns",
