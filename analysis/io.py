@@ -29,7 +29,10 @@ from analysis.schema import (
 )
 
 # Columns an export may leave out: is_pilot is only written when pilots were included.
-OPTIONAL_COLUMNS: dict[str, frozenset[str]] = {"participants": frozenset({"is_pilot"})}
+# Columns an older export (or one without pilots) may lack; they load as missing values.
+OPTIONAL_COLUMNS: dict[str, frozenset[str]] = {
+    "participants": frozenset({"is_pilot", "consent_training", "consent_sharing"})
+}
 PANDAS_DTYPES = {
     "string": "str",
     "json": "str",

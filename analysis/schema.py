@@ -8,7 +8,7 @@ all three at once. Bump SCHEMA_VERSION whenever a column is added, renamed or ch
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 RATING_COLUMN_PREFIX = "rating_turn_"
 # Spreadsheets run a cell that starts with one of these as a formula (OWASP: CSV injection).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -85,6 +85,18 @@ PARTICIPANTS = Table(
         _c("stratum", "string", "Assignment stratum of the arm allocation."),
         _c("entered_at", "datetime", "When the participant first opened the study link (UTC)."),
         _c("consented_at", "datetime", "Consent time (UTC)."),
+        _c(
+            "consent_training",
+            "bool",
+            "Agreed at consent that the conversation may be used to train assistant models; "
+            "empty when the study did not ask.",
+        ),
+        _c(
+            "consent_sharing",
+            "bool",
+            "Agreed at consent that the de-identified conversation may be shared in a public "
+            "dataset; empty when the study did not ask.",
+        ),
         _c("completed_at", "datetime", "Completion time (UTC); empty if not completed."),
         _c("wall_seconds", "float", "Seconds from consent to completion (completed only)."),
         _c("active_seconds", "float", "Active seconds (idle gaps over the threshold removed)."),

@@ -251,6 +251,8 @@ def _participants_table(
         "stratum": task,
         "entered_at": entered,
         "consented_at": consented,
+        "consent_training": None,  # the synthetic study asks for neither extra
+        "consent_sharing": None,
         "completed_at": consented + _seconds(draw["wall_seconds"]),
         "wall_seconds": draw["wall_seconds"],
         "active_seconds": draw["active_seconds"],

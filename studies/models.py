@@ -74,6 +74,16 @@ class Study(models.Model):
         default=_completion_code,
         help_text="Shown to those who do not consent (Prolific asks for a no-consent code).",
     )
+    asks_training_consent = models.BooleanField(
+        default=False,
+        help_text="Ask at consent, as an optional extra, whether the conversation may be used to "
+        "train assistant models (a training run from this study uses only those who agreed).",
+    )
+    asks_sharing_consent = models.BooleanField(
+        default=False,
+        help_text="Ask at consent, as an optional extra, whether the de-identified conversation "
+        "may be shared in a public dataset (a release export includes only those who agreed).",
+    )
     linked_studies = models.ManyToManyField(
         "self",
         blank=True,
@@ -351,6 +361,9 @@ class Participant(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     entered_at = models.DateTimeField(auto_now_add=True)
     consented_at = models.DateTimeField(null=True, blank=True)
+    # Optional extras asked at consent (None: the study did not ask).
+    consent_training = models.BooleanField(null=True, blank=True)
+    consent_sharing = models.BooleanField(null=True, blank=True)
     briefed_at = models.DateTimeField(null=True, blank=True)
     chat_started_at = models.DateTimeField(null=True, blank=True)
     chat_finished_at = models.DateTimeField(null=True, blank=True)

@@ -106,7 +106,7 @@ class StudyAdmin(admin.ModelAdmin):
     filter_horizontal = ["linked_studies"]
     fieldsets = [
         (None, {"fields": ["slug", "title", "status", "config_version", "consent_text",
-                           "instructions"]}),
+                           "asks_training_consent", "asks_sharing_consent", "instructions"]}),
         ("Chat", {"fields": ["min_turns", "max_turns", "rating_every", "time_limit_minutes",
                              "time_warning_minutes", "min_user_message_chars", "detect_paste"]}),
         ("Assignment", {"fields": ["design", "block_size", "block_sizes", "stratify_by",

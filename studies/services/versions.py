@@ -35,6 +35,8 @@ STUDY_FIELDS = [
     "attention_failed_code",
     "timed_out_code",
     "declined_code",
+    "asks_training_consent",
+    "asks_sharing_consent",
     "completion_redirect_url",
     "comprehension_questions",
     "attention_checks",

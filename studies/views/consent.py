@@ -24,9 +24,15 @@ def consent(request: HttpRequest, slug: str) -> HttpResponse:
             error = _("Please choose one of the two buttons below.")
             return _page(request, participant, error, status=400)
         agreed = choice == "agree"
-        act = svc.participant_consent if agreed else svc.participant_decline
         try:
-            act(participant_id=participant.pk)
+            if agreed:
+                svc.participant_consent(
+                    participant_id=participant.pk,
+                    training=request.POST.get("consent_training") == "yes",
+                    sharing=request.POST.get("consent_sharing") == "yes",
+                )
+            else:
+                svc.participant_decline(participant_id=participant.pk)
         except StudyActionError as exc:
             if exc.code == "wrong_step":
                 return moved_on(participant.pk)

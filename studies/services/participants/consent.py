@@ -8,11 +8,16 @@ from studies.services import assignment
 from studies.services.activity import activity_apply
 from studies.services.events import event_record
 from studies.services.participants.steps import P, locked
-from studies.services.versions import version_latest
+from studies.services.versions import frozen_study, version_latest
 
 
-def participant_consent(*, participant_id: int) -> Participant:
+def participant_consent(
+    *, participant_id: int, training: bool = False, sharing: bool = False
+) -> Participant:
     """Record consent and assign the arm and the document type (permuted blocks, locked).
+
+    `training` and `sharing` are the optional extras (use for training, public sharing): recorded
+    only where the study version consented to asks for them, else left None (not asked).
 
     A study's arrivals queue on its counter rows, so everything is read and computed before
     `assign_participant` takes them: after it, only the participant's UPDATE and the event's
@@ -26,9 +31,12 @@ def participant_consent(*, participant_id: int) -> Participant:
         entered_version = participant.config_version
         participant.version = version_latest(study)
         participant.config_version = participant.version.number
+        asked = frozen_study(participant)
+        participant.consent_training = bool(training) if asked.asks_training_consent else None
+        participant.consent_sharing = bool(sharing) if asked.asks_sharing_consent else None
         plan = assignment.assignment_plan(participant)
         fields = ["condition", "document_type", "allocation", "status", "consented_at"]
-        fields += ["version", "config_version"]
+        fields += ["version", "config_version", "consent_training", "consent_sharing"]
         fields += activity_apply(participant, signal="page", now=now)
         assigned = assignment.assign_participant(participant, plan)
         participant.condition = plan.conditions[assigned.condition_key]
@@ -45,6 +53,10 @@ def participant_consent(*, participant_id: int) -> Participant:
                 "allocation": participant.allocation,
                 "version": participant.config_version,
                 "entered_version": entered_version,
+                "extras": {
+                    "training": participant.consent_training,
+                    "sharing": participant.consent_sharing,
+                },
             },
         )
     return participant
