@@ -332,7 +332,9 @@ def _reward_agreement(
 
 def load_rewards(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A reply_rewards table and the settings it was computed with (the JSON beside it)."""
-    table = pd.read_csv(path, dtype={"participant_id": "string", "arm": "string"})
+    table = pd.read_csv(
+        path, dtype={"participant_id": "string", "arm": "string", "error": "string"}
+    )
     table["error"] = table["error"].fillna("")
     settings_path = path.with_name(REWARDS_SETTINGS_FILE)
     settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}

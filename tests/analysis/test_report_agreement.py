@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis.io import load_export, write_export
-from analysis.report import build_report
+from analysis.report import build_report, load_rewards
 from analysis.synthetic import synthetic_study
 
 
@@ -87,3 +87,13 @@ def test_without_rewards_the_section_says_it_was_not_computed(export_dir, tmp_pa
 
     assert summary["reward_agreement"] is None
     assert "score_study" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_rewards_file_where_every_reply_was_scored_loads_with_empty_errors(tmp_path):
+    path = tmp_path / "reply_rewards.csv"
+    path.write_text(
+        "participant_id,arm,turn_index,message_id,mr,task,penalty,interactivity,error\n"
+        "a,base,1,1,0.5,0.4,0.1,0.2,\n"
+    )
+    table, settings = load_rewards(path)
+    assert table["error"].tolist() == [""] and settings == {}
