@@ -41,6 +41,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     actions = ["start_runs"]
     fieldsets = [
         (None, {"fields": ["name", "base_model", "task_set", "task_limit", "output_dir"]}),
+        ("Source study", {"fields": ["source_study", "source_include_pilot"]}),
         (
             "Endpoints",
             {
