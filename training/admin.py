@@ -1,24 +1,30 @@
 """Training in the admin: configure a run, start it, watch each stage live, cancel it, retry a
-failed, cancelled or interrupted stage, and put a trained checkpoint into a study as a new arm."""
+failed, cancelled or interrupted stage, and put a trained checkpoint into a study as a new arm.
+
+The loop: "Train from this study" (a study action) makes a draft run on the study's chats; its
+checkpoint's "Follow-up study" makes a draft copy of the study with the checkpoint as an arm."""
 
 from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 
 from studies.admin.common import render_admin_page
+from studies.admin.study import StudyAdmin
 from studies.models import Study
 from training.charts import stage_charts
 from training.forms import TrainingRunForm
 from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
 from training.services.checkpoints import checkpoint_add_to_study
+from training.services.followup import followup_study, run_from_study
+from training.services.presets import PresetError
 
 RUN_TRAINING = "training.run_training"
 RETRYABLE = (
@@ -41,6 +47,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     actions = ["start_runs"]
     fieldsets = [
         (None, {"fields": ["name", "base_model", "task_set", "task_limit", "output_dir"]}),
+        ("Source study", {"fields": ["source_study", "source_include_pilot"]}),
         (
             "Endpoints",
             {
@@ -240,17 +247,34 @@ class CheckpointAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False  # a trained adapter's record stays, like the run that made it
 
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).select_related("run__source_study", "endpoint")
+
     @admin.display(description="Study arm")
     def add_link(self, checkpoint: Checkpoint) -> str:
         url = reverse("admin:training_checkpoint_add_to_study", args=[checkpoint.pk])
-        return format_html('<a href="{}">add to a study</a>', url)
+        link = format_html('<a href="{}">add to a study</a>', url)
+        source = checkpoint.run.source_study
+        if source is None:
+            return link
+        url = reverse("admin:training_checkpoint_followup", args=[checkpoint.pk])
+        return format_html('{} | <a href="{}">Follow-up study from {}</a>', link, url, source)
 
     def get_urls(self):
-        view = self.admin_site.admin_view(partial(add_to_study, model_admin=self))
-        route = path(
-            "<int:checkpoint_id>/add-to-study/", view, name="training_checkpoint_add_to_study"
-        )
-        return [route, *super().get_urls()]
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<int:checkpoint_id>/add-to-study/",
+                wrap(partial(add_to_study, model_admin=self)),
+                name="training_checkpoint_add_to_study",
+            ),
+            path(
+                "<int:checkpoint_id>/followup/",
+                wrap(partial(followup, model_admin=self)),
+                name="training_checkpoint_followup",
+            ),
+            *super().get_urls(),
+        ]
 
 
 def add_to_study(request: HttpRequest, checkpoint_id: int, *, model_admin) -> HttpResponse:
@@ -282,3 +306,68 @@ def add_to_study(request: HttpRequest, checkpoint_id: int, *, model_admin) -> Ht
         "checkpoint": checkpoint,
     }
     return render(request, "admin/training/add_to_study.html", context)
+
+
+def followup(request: HttpRequest, checkpoint_id: int, *, model_admin) -> HttpResponse:
+    """Confirm, then a new draft study: the run's source study copied, the checkpoint an arm."""
+    checkpoint = get_object_or_404(Checkpoint.objects.select_related("run"), pk=checkpoint_id)
+    source = checkpoint.run.source_study
+    if not (
+        model_admin.has_view_permission(request, checkpoint)
+        and request.user.has_perms([RUN_TRAINING, "studies.add_study", "studies.view_study"])
+    ):
+        raise PermissionDenied
+    if source is None:
+        raise Http404("the checkpoint's run was not trained on a study")
+    if request.method == "POST":
+        try:
+            study = followup_study(checkpoint, from_study=source, by=request.user.get_username())
+        except runs.RunStateError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request, f"Draft {study.slug} made from {source.slug}: review it, then go live."
+            )
+            return HttpResponseRedirect(reverse("admin:studies_study_change", args=[study.pk]))
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "title": f"Follow-up study from {source}",
+        "checkpoint": checkpoint,
+        "study": source,
+    }
+    return render(request, "admin/training/followup.html", context)
+
+
+class StudyTrainingAdmin(StudyAdmin):
+    """The study admin with "Train from this study" (the training app adds it: studies never
+    imports training)."""
+
+    actions = [*StudyAdmin.actions, "train_from_study"]
+
+    def has_train_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(RUN_TRAINING) and self.has_view_permission(request)
+
+    @admin.action(description="Train from this study", permissions=["train"])
+    def train_from_study(self, request: HttpRequest, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Train from one study at a time.", messages.ERROR)
+            return None
+        study = queryset.get()
+        if not self.has_view_permission(request, study):
+            raise PermissionDenied
+        try:
+            run = run_from_study(study=study, by=request.user.get_username())
+        except PresetError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        self.message_user(
+            request,
+            f"Draft run {run} on {study.slug}'s participants who agreed to training use; "
+            "check its settings, then press Start.",
+        )
+        return HttpResponseRedirect(progress_url(run))
+
+
+admin.site.unregister(Study)
+admin.site.register(Study, StudyTrainingAdmin)

@@ -132,6 +132,21 @@ class TrainingRun(models.Model):
             ("assistant", "Assistant's only (reference code)"),
         ],
     )
+    # PROTECT: a run's data came from this study's participants; the study is its provenance
+    # (and a study with participants cannot be deleted anyway).
+    source_study = models.ForeignKey(
+        "studies.Study",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="training_runs",
+        help_text="Collect from this study's real conversations (participants who agreed to "
+        "training use) instead of simulating the task set.",
+    )
+    source_include_pilot = models.BooleanField(
+        default=False,
+        help_text="With a source study: take its pilot participants too (demos and tests only).",
+    )
     stages = models.JSONField(default=_default_stages)
     eval_tasks = models.PositiveSmallIntegerField(
         default=4,

@@ -38,9 +38,10 @@ class CollectedConversation:
         }
 
 
-async def _candidates(
+async def sample_candidates(
     rt: Runtime, roles: Roles, history: Messages, n: int, temperature: float
 ) -> list[str]:
+    """Up to n policy replies to history (a failed or empty one is left out)."""
     replies = await asyncio.gather(
         *(policy_reply(rt, roles.policy, history, temperature) for _ in range(n)),
         return_exceptions=True,
@@ -70,7 +71,7 @@ async def collect_conversation(
         return out
     out.messages.append({"role": "user", "content": first.text})
     for turn_index in range(sampling.max_turns):
-        candidates = await _candidates(
+        candidates = await sample_candidates(
             rt, roles, out.messages, sampling.candidates, sampling.candidate_temperature
         )
         if not candidates:

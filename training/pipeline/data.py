@@ -48,18 +48,39 @@ def dpo_rows(
             gap = best["mr"] - worst["mr"]
             if gap <= 0 or gap < min_gap or best["candidate"] == worst["candidate"]:
                 continue
-            rows.append(
-                {
-                    "task_id": conv["task_id"],
-                    "kind": conv["kind"],
-                    "prompt": prefix + list(turn["history"]),
-                    "chosen": [{"role": "assistant", "content": best["candidate"]}],
-                    "rejected": [{"role": "assistant", "content": worst["candidate"]}],
-                    "mr_chosen": best["mr"],
-                    "mr_rejected": worst["mr"],
-                }
-            )
+            row = {
+                "task_id": conv["task_id"],
+                "kind": conv["kind"],
+                "prompt": prefix + list(turn["history"]),
+                "chosen": [{"role": "assistant", "content": best["candidate"]}],
+                "rejected": [{"role": "assistant", "content": worst["candidate"]}],
+                "mr_chosen": best["mr"],
+                "mr_rejected": worst["mr"],
+            }
+            if "source" in best:  # collected from a study: whose reply each side is
+                row |= {"chosen_source": best["source"], "rejected_source": worst["source"]}
+            rows.append(row)
     return rows
+
+
+def source_counts(
+    conversations: Iterable[Mapping[str, Any]], dpo: Iterable[Mapping[str, Any]]
+) -> dict[str, int]:
+    """Collected from a study: how many turns, real replies scored, and DPO sides that are real."""
+    turns = scored = 0
+    for conv in conversations:
+        for turn in conv["turns"]:
+            turns += 1
+            scored += any(
+                c.get("source") == "participant" and c["mr"] is not None for c in turn["candidates"]
+            )
+    pairs = list(dpo)
+    return {
+        "turns": turns,
+        "participant_replies_scored": scored,
+        "dpo_chosen_participant": sum(r.get("chosen_source") == "participant" for r in pairs),
+        "dpo_rejected_participant": sum(r.get("rejected_source") == "participant" for r in pairs),
+    }
 
 
 def reward_failures(conversations: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -112,6 +133,23 @@ def save_dataset(rows: list[dict], folder: Path, *, name: str, card: Mapping[str
 def data_card(name: str, count: int, card: Mapping[str, Any]) -> str:
     """A Hugging Face dataset card: YAML header, then how the rows were made."""
     settings = json.dumps(card, indent=2, sort_keys=True, default=str)
+    study = card.get("source_study")
+    if study:
+        made = (
+            f"{count} rows, made from the real conversations of study `{study['study']}` with "
+            "Multiturn-aware Rewards (CollabLLM, ICML 2025) on this platform. Only participants "
+            f"who agreed to their data being used for training are included: {study['eligible']} "
+            f"eligible, {study['left_out_no_consent']} left out for no consent. At each assistant "
+            "turn the participant's real reply (source `participant`) was scored beside replies "
+            "sampled from the policy (source `policy`); `chosen_source` and `rejected_source` "
+            "say whose each side of a DPO pair is. SFT rows are the participants' real chats.\n\n"
+        )
+    else:
+        made = (
+            f"{count} rows, made by collaborative simulation with Multiturn-aware Rewards "
+            "(CollabLLM, ICML 2025) on this platform. Every role was a configured model endpoint; "
+            "the tasks are the platform's offline task sets unless the settings name others.\n\n"
+        )
     return (
         "---\n"
         f"pretty_name: {name}\n"
@@ -119,11 +157,7 @@ def data_card(name: str, count: int, card: Mapping[str, Any]) -> str:
         "    path: train.parquet\n"
         "task_categories:\n- text-generation\n"
         "---\n\n"
-        f"# {name}\n\n"
-        f"{count} rows, made by collaborative simulation with Multiturn-aware Rewards "
-        "(CollabLLM, ICML 2025) on this platform. Every role was a configured model endpoint; "
-        "the tasks are the platform's offline task sets unless the settings name others.\n\n"
-        "## Settings\n\n```json\n" + settings + "\n```\n"
+        f"# {name}\n\n" + made + "## Settings\n\n```json\n" + settings + "\n```\n"
     )
 
 

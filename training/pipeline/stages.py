@@ -9,6 +9,7 @@ and `sampling` / `reward` settings (training/pipeline/settings.py).
 
     run_dir/conversations/<task id>.json   one collected conversation each (written atomically)
     run_dir/data/{sft,dpo,prompts}/         datasets with their data cards
+    run_dir/source.json                     only when collected from a study (study_collect.py)
 
 A restarted stage skips every conversation already on disk, so killing a worker loses at most
 the conversations that were in flight.
@@ -31,6 +32,7 @@ from training.pipeline.data import (
     reward_failures,
     save_dataset,
     sft_rows,
+    source_counts,
 )
 from training.pipeline.llm import CallStats, Runtime
 from training.pipeline.mr import score_candidates
@@ -45,12 +47,14 @@ from training.pipeline.settings import (
 from training.pipeline.tasks import Task
 from training.pipeline.tasksets import load_tasks
 
+SOURCE_NAME = "source.json"  # written when the conversations came from a study
+
 
 def conversation_path(run_dir: Path, task_id: str) -> Path:
     return run_dir / "conversations" / f"{task_id}.json"
 
 
-def _write_atomically(path: Path, payload: Mapping[str, Any]) -> None:
+def write_atomically(path: Path, payload: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload))
@@ -81,7 +85,7 @@ def collect(
             async with gate:
                 conv = await collect_conversation(rt, roles, task, sampling, reward)
             record = conv.record() | {"settings": as_record(sampling, reward)}
-            _write_atomically(conversation_path(run_dir, task.id), record)
+            write_atomically(conversation_path(run_dir, task.id), record)
             done += 1
             report(done, len(tasks))
 
@@ -101,16 +105,23 @@ def build_datasets(run_dir: Path, *, min_gap: float, system_prompt: str = "") ->
     """SFT, DPO and online-DPO prompt datasets from the collected conversations; row counts."""
     conversations = load_conversations(run_dir)
     settings = conversations[0]["settings"] if conversations else {}
+    dpo = dpo_rows(conversations, min_gap=min_gap, system_prompt=system_prompt)
     card = {
         "conversations": len(conversations),
         "min_mr_gap": min_gap,
         **settings,
         "reward_failures": reward_failures(conversations),
     }
+    source = run_dir / SOURCE_NAME
+    if source.exists():
+        card |= {
+            "source_study": json.loads(source.read_text()),
+            "replies_by_source": source_counts(conversations, dpo),
+        }
     counts = {}
     for name, rows in (
         ("sft", sft_rows(conversations, system_prompt)),
-        ("dpo", dpo_rows(conversations, min_gap=min_gap, system_prompt=system_prompt)),
+        ("dpo", dpo),
         ("prompts", prompt_rows(conversations, system_prompt)),
     ):
         save_dataset(rows, run_dir / "data" / name, name=f"collabllm-{name}", card=card)

@@ -117,7 +117,7 @@ def reply_task(record: ParticipantRecord, turn: int) -> Task:
     )
 
 
-def _history(record: ParticipantRecord, reply: dict[str, Any]) -> Messages:
+def reply_history(record: ParticipantRecord, reply: dict[str, Any]) -> Messages:
     """The real chat before `reply`: it ends with the participant's message of the same turn."""
     before = record.chat[: record.chat.index(reply)]
     return [{"role": m["role"], "content": m["content"]} for m in before]
@@ -147,7 +147,7 @@ async def score_reply(
     """One reply's row: its MR and terms, or why it has none."""
     if not record.final_document.strip():
         return _row(record, reply, error=NO_FINAL_DOCUMENT, **_counts(0, 0, 0))
-    history = _history(record, reply)
+    history = reply_history(record, reply)
     if not history or history[-1]["role"] != "user":
         return _row(record, reply, error="the reply does not follow a message of the participant")
     task = reply_task(record, reply["turn_index"])

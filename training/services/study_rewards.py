@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 
 from studies.models import IntentAnswer, Message, Participant, Study
@@ -52,16 +52,26 @@ def study_chat(messages: list[Message]) -> list[dict[str, Any]]:
     return chat
 
 
-def study_records(study: Study, *, include_pilot: bool = False) -> list[ParticipantRecord]:
+def completed_participants(study: Study, *, include_pilot: bool = False) -> QuerySet[Participant]:
+    """The study's completed participants: never previews, pilots only when asked."""
+    people = Participant.objects.real() if not include_pilot else Participant.objects.all()
+    return people.filter(study=study, is_preview=False, status=Participant.Status.COMPLETED)
+
+
+def study_records(
+    study: Study, *, include_pilot: bool = False, training_consent: bool = False
+) -> list[ParticipantRecord]:
     """Completed participants (never previews; pilots only when asked) as plain records.
 
     Participants excluded after completing are kept, as the export keeps them (its `excluded`
     column): the analysis decides, and a reward computed once need not be computed again.
+    With training_consent, only those who agreed to their data being used for training.
     """
-    people = Participant.objects.real() if not include_pilot else Participant.objects.all()
+    people = completed_participants(study, include_pilot=include_pilot)
+    if training_consent:
+        people = people.filter(consent_training=True)
     people = (
-        people.filter(study=study, is_preview=False, status=Participant.Status.COMPLETED)
-        .select_related("condition", "task", "final_survey")
+        people.select_related("condition", "task", "final_survey")
         .prefetch_related(
             Prefetch("messages", queryset=Message.objects.order_by("id")),
             Prefetch("intent_answers", queryset=IntentAnswer.objects.order_by("question_index")),

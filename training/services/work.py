@@ -19,6 +19,7 @@ from training.pipeline.settings import RewardSettings, Role, Roles, SamplingSett
 from training.pipeline.tasks import Task
 from training.pipeline.tasksets import load_tasks
 from training.services.runs import Reporter, run_dir
+from training.services.study_collect import collect_from_study
 
 ARM_PROMPT = "collabllm"  # the system prompt the trained arm is served with, and trained under
 
@@ -57,20 +58,27 @@ def train_tasks(run: TrainingRun) -> list[Task]:
 
 
 def collect(run: TrainingRun, stage: TrainingStage, reporter: Reporter) -> dict[str, Any]:
-    """Simulate one conversation per training task, scoring candidates by MR."""
-    tasks = train_tasks(run)
-    reporter.log(
-        f"collecting {len(tasks)} conversations (w={run.window}, S={run.samples}, "
-        f"candidates={run.candidates})"
-    )
-    stats = pipeline.collect(
-        run_dir(run),
-        tasks,
-        run_roles(run),
-        run_sampling(run),
-        run_reward(run),
-        on_progress=reporter.progress,
-    )
+    """Simulate one conversation per training task, scoring candidates by MR; or, with a source
+    study, score the real replies of its participants who agreed to training use."""
+    source: dict[str, Any] = {}
+    if run.source_study_id is not None:
+        stats, source = collect_from_study(run, reporter)
+        conversations = source["eligible"]
+    else:
+        tasks = train_tasks(run)
+        conversations = len(tasks)
+        reporter.log(
+            f"collecting {len(tasks)} conversations (w={run.window}, S={run.samples}, "
+            f"candidates={run.candidates})"
+        )
+        stats = pipeline.collect(
+            run_dir(run),
+            tasks,
+            run_roles(run),
+            run_sampling(run),
+            run_reward(run),
+            on_progress=reporter.progress,
+        )
     reporter.log(f"{stats.calls} model calls, {stats.failures} failed")
     # Failed rollouts are left out of MR; how many, and how many candidates went unranked, say
     # whether the servers were healthy enough for the data to mean anything.
@@ -80,7 +88,8 @@ def collect(run: TrainingRun, stage: TrainingStage, reporter: Reporter) -> dict[
         f"{failures['candidates']} candidates unranked, endings {failures['conversations_ended']}"
     )
     return {
-        "conversations": len(tasks),
+        "conversations": conversations,
+        **({"source_study": source} if source else {}),
         "calls": stats.calls,
         "failed_calls": stats.failures,
         "prompt_tokens": stats.prompt_tokens,
@@ -170,6 +179,10 @@ def dpo(run: TrainingRun, stage: TrainingStage, reporter: Reporter) -> dict[str,
 def online_dpo(run: TrainingRun, stage: TrainingStage, reporter: Reporter) -> dict[str, Any]:
     from training.pipeline.train_online_dpo import OnlineDPOStageArgs, run_online_dpo
 
+    if run.source_study_id is not None:
+        # Its reward needs a hidden goal per prompt; a study's are its participants' (reply_task),
+        # which the reward function does not take yet.
+        raise RuntimeError("online DPO does not take a source study yet: use SFT and DPO")
     config = run.stages["online_dpo"]
     tasks = {t.id: t for t in train_tasks(run)}
     reward_fn = pipeline.mr_reward_function(
