@@ -334,14 +334,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """Refuse a path that is a file, or a non-empty folder unless `force`."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir} is not empty (use --force to replace it).")
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished temporary folder to `out_dir`, replacing what was there."""
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         out_dir.rename(old / out_dir.name)
@@ -365,7 +367,7 @@ def export_study(
     if fmt not in FORMATS:
         raise ExportError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     out_dir = Path(out_dir).absolute()
-    _check_out_dir(out_dir, force)
+    check_out_dir(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     cutoff = datetime.now(UTC)
     checkpoints = rating_checkpoints(study, include_pilot=include_pilot)
@@ -383,7 +385,7 @@ def export_study(
         manifest = _manifest(study, cutoff, fmt, include_pilot, raw_ids, checkpoints, counts)
         manifest["sha256"] = {name: _sha256(tmp / name) for name in names}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
