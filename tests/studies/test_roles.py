@@ -112,7 +112,10 @@ def world(tmp_path, reports_dir, django_capture_on_commit_callbacks) -> World:
     exports.mkdir(parents=True)
     (exports / "20260101-csv.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
     policy = ModelEndpointFactory()
-    run = TrainingRun.objects.create(name="run", base_model="/m", policy_endpoint=policy)
+    # Trained on the live study: its checkpoint offers a follow-up study.
+    run = TrainingRun.objects.create(
+        name="run", base_model="/m", policy_endpoint=policy, source_study=study
+    )
     draft_run = TrainingRun.objects.create(name="draft", base_model="/m", policy_endpoint=policy)
     with django_capture_on_commit_callbacks():
         runs.run_start(run_id=run.pk, by="test")
@@ -241,6 +244,11 @@ URLS: dict[str, Case] = {
         "get", lambda w: {"checkpoint_id": w.checkpoint.pk}, {},
         ("training.view_checkpoint", "training.run_training", "studies.change_study"), 200,
     ),
+    "training_checkpoint_followup": (
+        "get", lambda w: {"checkpoint_id": w.checkpoint.pk}, {},
+        ("training.view_checkpoint", "training.run_training", "studies.add_study",
+         "studies.view_study"), 200,
+    ),
 }  # fmt: skip
 
 
@@ -351,6 +359,12 @@ ACTIONS: dict[tuple[str, str], ActionCase] = {
         lambda w: w.endpoint, ("studies.view_modelendpoint", "studies.delete_modelendpoint"),
         lambda w, r: not ModelEndpoint.objects.filter(pk=w.endpoint.pk).exists(),
         data={"post": "yes"},
+    ),
+    ("study", "train_from_study"): ActionCase(
+        lambda w: w.study, ("studies.view_study", "training.run_training"),
+        lambda w, r: TrainingRun.objects.filter(
+            source_study=w.study, name__startswith=f"{w.study.slug}-train-"
+        ).exists(),
     ),
     ("trainingrun", "start_runs"): ActionCase(
         lambda w: w.draft_run, TRAIN,
