@@ -269,6 +269,23 @@ def test_the_command_scores_the_study_on_the_named_endpoint(study, served, tmp_p
 
 
 @pytest.mark.django_db
+def test_the_command_scores_only_each_participants_first_replies_when_asked(
+    study, served, tmp_path
+):
+    out = io.StringIO()
+    call_command(
+        "score_study", study.slug, "--out", str(tmp_path), "--endpoint", served.name,
+        "--window", "1", "--samples", "1", "--replies", "1", stdout=out,
+    )  # fmt: skip
+    rows, _ = _rows(tmp_path / "reply_rewards.csv")
+    assert sorted(r["turn_index"] for r in rows) == ["1", "1"]  # two participants, turn 1 each
+    settings = json.loads((tmp_path / "reply_rewards_settings.json").read_text())
+    assert settings["max_replies_per_participant"] == 1
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("score_study", study.slug, "--out", str(tmp_path), "--replies", "0")
+
+
+@pytest.mark.django_db
 def test_the_command_refuses_an_unknown_study_or_endpoint(study, tmp_path):
     with pytest.raises(CommandError, match="no study"):
         call_command("score_study", "no-such-study", "--out", str(tmp_path))

@@ -179,8 +179,10 @@ async def score_participant(
     sampling: SamplingSettings,
     reward: RewardSettings,
     on_progress: Callable[[], None] | None = None,
+    max_replies: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per finished reply of the participant, in turn order; on_progress after each."""
+    """One row per finished reply of the participant (the first `max_replies` when given), in
+    turn order; on_progress after each."""
 
     async def one(reply: dict[str, Any]) -> dict[str, Any]:
         row = await score_reply(rt, roles, record, reply, sampling, reward)
@@ -188,7 +190,7 @@ async def score_participant(
             on_progress()
         return row
 
-    return list(await asyncio.gather(*(one(r) for r in record.replies())))
+    return list(await asyncio.gather(*(one(r) for r in record.replies()[:max_replies])))
 
 
 @dataclass
@@ -211,20 +213,25 @@ async def score_records(
     *,
     concurrency: int = 4,
     on_progress: Progress | None = None,
+    max_replies: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows for every participant (at most `concurrency` at once) and the settings record."""
+    """Rows for every participant (at most `concurrency` at once) and the settings record;
+    `max_replies`: only each participant's first replies (a cheap first look at a study)."""
     rt = Runtime(sampling.max_in_flight)
     gate = asyncio.Semaphore(concurrency)
-    tally = _Tally(sum(len(r.replies()) for r in records), on_progress)
+    tally = _Tally(sum(len(r.replies()[:max_replies]) for r in records), on_progress)
 
     async def one(record: ParticipantRecord) -> list[dict[str, Any]]:
         async with gate:
-            return await score_participant(rt, roles, record, sampling, reward, tally.tick)
+            return await score_participant(
+                rt, roles, record, sampling, reward, tally.tick, max_replies=max_replies
+            )
 
     per_participant = await asyncio.gather(*(one(r) for r in records))
     rows = [row for rows in per_participant for row in rows]
     record = settings_record(roles, sampling, reward) | {
         "concurrency": concurrency,
+        "max_replies_per_participant": max_replies,
         "calls": rt.stats.calls,
         "failed_calls": rt.stats.failures,
     }

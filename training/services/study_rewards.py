@@ -106,14 +106,22 @@ def score_study(
     include_pilot: bool = False,
     progress: Callable[[int, int], None] | None = None,
     concurrency: int = 4,
+    max_replies: int | None = None,
 ) -> Path:
-    """Score every finished reply of the study's completed participants; return the CSV's path."""
+    """Score every finished reply of the study's completed participants (each one's first
+    `max_replies` when given); return the CSV's path."""
     records = study_records(study, include_pilot=include_pilot)
     if not any(r.replies() for r in records):
         raise ValueError(f"study {study.slug!r} has no completed participant with a reply to score")
     rows, record = run_reporting(
         lambda report: score_records(
-            roles, records, sampling, reward, concurrency=concurrency, on_progress=report
+            roles,
+            records,
+            sampling,
+            reward,
+            concurrency=concurrency,
+            on_progress=report,
+            max_replies=max_replies,
         ),
         progress,
     )

@@ -34,8 +34,17 @@ class Command(BaseCommand):
             "--token-lambda", type=float, default=None, help="Default: the paper's 1e-4."
         )
         parser.add_argument("--concurrency", type=int, default=4, help="Participants at once.")
+        parser.add_argument(
+            "--replies",
+            type=int,
+            default=None,
+            help="Score only each participant's first N replies (a quick, cheap first look; "
+            "every reply's prompt holds the chat so far, so later replies cost more).",
+        )
 
     def handle(self, *args, slug: str, out: Path, **options) -> None:
+        if options["replies"] is not None and options["replies"] < 1:
+            raise CommandError("--replies must be at least 1")
         study = Study.objects.filter(slug=slug).first()
         if study is None:
             raise CommandError(f"no study {slug!r}")
@@ -63,6 +72,7 @@ class Command(BaseCommand):
                 include_pilot=options["include_pilot"],
                 progress=lambda done, total: self.stdout.write(f"scored {done}/{total} replies"),
                 concurrency=options["concurrency"],
+                max_replies=options["replies"],
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
