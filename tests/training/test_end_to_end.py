@@ -8,6 +8,7 @@ with it through the live web server.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,18 +17,23 @@ import time
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.db import connections
 
+from analysis.report import build_report
 from models_serving.convert import convert, default_gguf
 from models_serving.launch import ServerProcess, stop_server, wait_until_ready
-from studies.models import Message, ModelEndpoint, Study
+from studies.models import Condition, Message, ModelEndpoint, Study
 from studies.pilot.tasks import run_pilot
+from studies.services import exports
 from studies.services.endpoints import endpoint_server_spec
 from tests.e2e import conftest as e2e
-from tests.factories import StudyFactory, TaskFactory
+from tests.factories import StudyFactory, TaskFactory, three_arm_study
+from tests.training.test_study_loop_embedded import rated_participant
 from training.models import Checkpoint, TrainingRun, TrainingStage
 from training.services import runs
 from training.services.checkpoints import checkpoint_add_to_study
+from training.services.followup import followup_study, run_from_study
 
 web_server = e2e.web_server
 
@@ -182,6 +188,83 @@ def test_a_tiny_run_trains_an_adapter_that_a_participant_can_chat_with(
         wait_until_ready(spec.base_url, timeout=600, proc=proc)
         connections.close_all()
         report = run_pilot(study.pk, participants=1, concurrency=1, base_url=web_server)
+    finally:
+        stop_server(proc, timeout=30)
+    assert report["completed"] == 1, report
+    replies = Message.objects.filter(participant__condition=condition, role="assistant")
+    assert replies.exists()
+    assert all(m.model == checkpoint.adapter_name and m.status == "complete" for m in replies)
+
+
+@pytest.mark.timeout(2400)
+def test_the_loop_a_studys_participants_train_a_checkpoint_that_a_follow_up_study_serves(
+    embedded_model, worker, web_server, tmp_path
+):
+    """The closed loop on the demo stack, SmolLM2 in every role: simulated pilot participants
+    chat with a study that asks for training consent (they tick it; one real participant does
+    not); their replies are scored with MR and related to their ratings in the report; a run
+    trained from the study makes an adapter; its checkpoint becomes an arm of a follow-up draft,
+    and a participant of the follow-up chats with it."""
+    convert(default_gguf(), BASE_MODEL)
+    endpoint = ModelEndpoint.objects.create(
+        name="embedded",
+        base_url=embedded_model.base_url,
+        served_model=embedded_model.model,
+        server="llama_cpp",
+        read_timeout=300,
+    )
+    study = three_arm_study(
+        endpoint=endpoint, min_turns=1, rating_every=1, asks_training_consent=True
+    )
+    Condition.objects.filter(study=study).update(
+        generation_params={"temperature": 0.7, "max_tokens": 48}
+    )
+    rated_participant(study, "prolific:no-training", score=6, turns_done=1, training=False)
+    connections.close_all()
+    pilot = run_pilot(study.pk, participants=2, concurrency=1, base_url=web_server)
+    assert pilot["completed"] == 2, pilot
+
+    export = tmp_path / "export"
+    exports.export_study(study, export, fmt="csv", include_pilot=True)
+    call_command(
+        "score_study", study.slug, "--out", str(export), "--include-pilot",
+        "--endpoint", endpoint.name, "--window", "1", "--samples", "1", "--max-tokens", "48",
+        stdout=io.StringIO(),
+    )  # fmt: skip
+    summary = build_report(export, tmp_path / "report", include_pilot=True, n_boot=100, workers=1)
+    scored = summary["reward_agreement"]["replies"][0]
+    assert scored["n_replies"] >= 3  # every reply: scored, or counted as failed
+    assert scored["n_scored"] + scored["n_failed"] == scored["n_replies"]
+
+    run = run_from_study(study=study, by="test")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        base_model=str(BASE_MODEL), max_tokens=48, eval_tasks=0, source_include_pilot=True,
+        output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    runs.run_start(run_id=run.pk, by="test")
+    run = _wait_for(run, worker, timeout=1500)
+
+    stages = {s.name: s for s in run.stage_rows.all()}
+    failed = {n: s.error[-1500:] for n, s in stages.items() if s.status == "failed"}
+    assert run.status == TrainingRun.Status.SUCCEEDED, (failed, e2e._tail(worker))
+    source = stages["collect"].result["source_study"]
+    assert (source["eligible"], source["left_out_declined"]) == (2, 1)
+    checkpoint = Checkpoint.objects.get(run=run)
+
+    followup = followup_study(checkpoint, from_study=study, by="test")
+    assert followup.status == Study.Status.DRAFT and followup.pk != study.pk
+    condition = followup.conditions.get(model_name=checkpoint.adapter_name)
+    # Only the new arm takes arrivals here, so the one simulated participant meets it.
+    followup.conditions.exclude(pk=condition.pk).update(is_active=False)
+    condition.generation_params = {"temperature": 0.7, "max_tokens": 32}
+    condition.save(update_fields=["generation_params"])
+    spec = endpoint_server_spec(checkpoint.endpoint)
+    with (tmp_path / "adapter-server.log").open("ab") as log:
+        proc = ServerProcess(list(spec.command), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(spec.base_url, timeout=600, proc=proc)
+        connections.close_all()
+        report = run_pilot(followup.pk, participants=1, concurrency=1, base_url=web_server)
     finally:
         stop_server(proc, timeout=30)
     assert report["completed"] == 1, report

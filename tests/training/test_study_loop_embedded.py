@@ -16,7 +16,6 @@ from analysis.report import build_report
 from studies.services import exports, turns
 from studies.services import participants as svc
 from tests.factories import ModelEndpointFactory, ParticipantFactory, three_arm_study
-from tests.studies.conftest import advance_to_chat
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.django_db]
 
@@ -31,7 +30,7 @@ def test_a_study_is_scored_on_the_embedded_model_and_the_report_relates_mr_to_ra
         read_timeout=300,
     )
     study = three_arm_study(endpoint=endpoint, rating_every=1, min_turns=2)
-    people = [_rated_participant(study, f"prolific:p{i}", score=4 + 2 * i) for i in range(3)]
+    people = [rated_participant(study, f"prolific:p{i}", score=4 + 2 * i) for i in range(3)]
     export = tmp_path / "export"
     exports.export_study(study, export, fmt="csv")
 
@@ -61,19 +60,26 @@ def test_a_study_is_scored_on_the_embedded_model_and_the_report_relates_mr_to_ra
     assert "Does the reward agree with people?" in (tmp_path / "report" / "report.html").read_text()
 
 
-def _rated_participant(study, external_id: str, *, score: int):
-    """Two turns about a short blog post, each rated, then the final step with a document."""
-    p = advance_to_chat(ParticipantFactory(study=study, external_id=external_id))
+def rated_participant(study, external_id: str, *, score: int, turns_done: int = 2, training=False):
+    """A participant who chats about a short blog post, rates each turn (when the study asks
+    after every turn) and hands in a document; `training`: ticks the training-use box."""
+    p = ParticipantFactory(study=study, external_id=external_id)
+    svc.participant_consent(participant_id=p.pk, training=training)
+    p.refresh_from_db()
+    task = study.tasks.filter(document_type=p.document_type).first()
+    svc.participant_choose_topic(participant_id=p.pk, task_id=task.pk)
+    svc.participant_submit_intent(participant_id=p.pk, answers=["friends", "warm"])
     asks = ["Help me write a short blog post about rain.", "Make it friendlier, please."]
     replies = ["Rain sounds calm on the roof at night.", "Rain is a friendly, calm visitor."]
-    for t, (ask, reply) in enumerate(zip(asks, replies, strict=True), start=1):
-        started = turns.turn_start(participant_id=p.pk, text=ask, key=uuid.uuid4())
+    for t in range(1, turns_done + 1):
+        started = turns.turn_start(participant_id=p.pk, text=asks[t - 1], key=uuid.uuid4())
         turns.turn_complete(
-            message_id=started.assistant_message.pk, text=reply, model="m",
+            message_id=started.assistant_message.pk, text=replies[t - 1], model="m",
             finish_reason="stop", prompt_tokens=5, completion_tokens=8,
             time_to_first_token=0.1, duration=0.3,
         )  # fmt: skip
-        turns.rating_record(participant_id=p.pk, after_turn=t, score=score)
+        if study.rating_every == 1:
+            turns.rating_record(participant_id=p.pk, after_turn=t, score=score)
     svc.participant_finish_chat(participant_id=p.pk)
     document = "Rain is a friendly, calm visitor that sounds soft on the roof at night."
     svc.participant_submit_final(
