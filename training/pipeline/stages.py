@@ -61,6 +61,40 @@ def write_atomically(path: Path, payload: Mapping[str, Any]) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
+def collect_each(
+    run_dir: Path,
+    items: Sequence[Any],
+    key: Callable[[Any], str],
+    collect_one: Callable[[Runtime, Any], Any],
+    sampling: SamplingSettings,
+    *,
+    parallel: int = 4,
+    on_progress: Progress | None = None,
+) -> CallStats:
+    """One conversation file per item not yet on disk (`key` names it; `collect_one` awaits its
+    JSON payload), at most `parallel` at once; report (done, total) as each lands."""
+    todo = [i for i in items if not conversation_path(run_dir, key(i)).exists()]
+    rt = Runtime(sampling.max_in_flight)
+
+    async def run_all(report: Progress) -> None:
+        done = len(items) - len(todo)
+        report(done, len(items))
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(item: Any) -> None:
+            nonlocal done
+            async with gate:
+                payload = await collect_one(rt, item)
+            write_atomically(conversation_path(run_dir, key(item)), payload)
+            done += 1
+            report(done, len(items))
+
+        await asyncio.gather(*(one(i) for i in todo))
+
+    run_reporting(run_all, on_progress)
+    return rt.stats
+
+
 def collect(
     run_dir: Path,
     tasks: Sequence[Task],
@@ -72,27 +106,14 @@ def collect(
     on_progress: Progress | None = None,
 ) -> CallStats:
     """Collect one conversation per task not yet on disk; report (done, total) as each lands."""
-    todo = [t for t in tasks if not conversation_path(run_dir, t.id).exists()]
-    rt = Runtime(sampling.max_in_flight)
 
-    async def run_all(report: Progress) -> None:
-        done = len(tasks) - len(todo)
-        report(done, len(tasks))
-        gate = asyncio.Semaphore(parallel)
+    async def one(rt: Runtime, task: Task) -> dict[str, Any]:
+        conv = await collect_conversation(rt, roles, task, sampling, reward)
+        return conv.record() | {"settings": as_record(sampling, reward)}
 
-        async def one(task: Task) -> None:
-            nonlocal done
-            async with gate:
-                conv = await collect_conversation(rt, roles, task, sampling, reward)
-            record = conv.record() | {"settings": as_record(sampling, reward)}
-            write_atomically(conversation_path(run_dir, task.id), record)
-            done += 1
-            report(done, len(tasks))
-
-        await asyncio.gather(*(one(t) for t in todo))
-
-    run_reporting(run_all, on_progress)
-    return rt.stats
+    return collect_each(
+        run_dir, tasks, lambda t: t.id, one, sampling, parallel=parallel, on_progress=on_progress
+    )
 
 
 def load_conversations(run_dir: Path) -> list[dict[str, Any]]:

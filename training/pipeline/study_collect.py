@@ -17,7 +17,6 @@ and calls `collect_records`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from typing import Any
 from training.pipeline.collect import CollectedConversation, sample_candidates
 from training.pipeline.llm import CallStats, Runtime
 from training.pipeline.mr import score_candidates
-from training.pipeline.progress import Progress, run_reporting
+from training.pipeline.progress import Progress
 from training.pipeline.settings import RewardSettings, Roles, SamplingSettings, as_record
-from training.pipeline.stages import SOURCE_NAME, conversation_path, write_atomically
+from training.pipeline.stages import SOURCE_NAME, collect_each, write_atomically
 from training.pipeline.study_mr import ParticipantRecord, reply_history, reply_task
 
 PARTICIPANT, POLICY = "participant", "policy"
@@ -94,28 +93,15 @@ def collect_records(
 ) -> CallStats:
     """One conversation per participant not yet on disk, and source.json; report (done, total)."""
     write_atomically(run_dir / SOURCE_NAME, source)
-    todo = [r for r in records if not conversation_path(run_dir, conversation_id(r)).exists()]
-    rt = Runtime(sampling.max_in_flight)
 
-    async def run_all(report: Progress) -> None:
-        done = len(records) - len(todo)
-        report(done, len(records))
-        gate = asyncio.Semaphore(parallel)
+    async def one(rt: Runtime, record: ParticipantRecord) -> dict[str, Any]:
+        conv = await collect_participant(rt, roles, record, sampling, reward)
+        return conv.record() | {
+            "settings": as_record(sampling, reward),
+            "participant_id": record.participant_id,
+            "arm": record.arm,
+        }
 
-        async def one(record: ParticipantRecord) -> None:
-            nonlocal done
-            async with gate:
-                conv = await collect_participant(rt, roles, record, sampling, reward)
-            payload = conv.record() | {
-                "settings": as_record(sampling, reward),
-                "participant_id": record.participant_id,
-                "arm": record.arm,
-            }
-            write_atomically(conversation_path(run_dir, conv.task_id), payload)
-            done += 1
-            report(done, len(records))
-
-        await asyncio.gather(*(one(r) for r in todo))
-
-    run_reporting(run_all, on_progress)
-    return rt.stats
+    return collect_each(
+        run_dir, records, conversation_id, one, sampling, parallel=parallel, on_progress=on_progress
+    )
